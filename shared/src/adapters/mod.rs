@@ -1,0 +1,1 @@
+//! The I/O behind the [`crate::ports`] traits.

@@ -1,0 +1,7 @@
+//! teltel webhooks. (Being written.)
+
+use super::{Fields, ParseError, Webhook};
+
+pub fn parse(_payload: &Fields<'_>) -> Result<Webhook, ParseError> {
+    Err(ParseError::payload("teltel is not supported yet"))
+}

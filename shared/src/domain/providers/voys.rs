@@ -1,0 +1,7 @@
+//! voys webhooks. (Being written.)
+
+use super::{Fields, ParseError, Webhook};
+
+pub fn parse(_payload: &Fields<'_>) -> Result<Webhook, ParseError> {
+    Err(ParseError::payload("voys is not supported yet"))
+}

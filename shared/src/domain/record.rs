@@ -1,0 +1,181 @@
+//! A call's record: its events, the revisions of its resource, and the Morph events waiting to
+//! be delivered (the outbox). Every store (SQLite locally, DynamoDB on AWS) keeps this one
+//! shape, so the rules live here and not in the adapters.
+
+use super::connection::Connection;
+use super::event::{CallEvent, Provider};
+use super::fold::fold;
+use super::resource::{MorphEventType, TelephonyCall, envelope, resource_id, to_resource};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a call lives: the connection, and the provider's key for the call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallKey {
+    pub connection_id: String,
+    pub provider: Provider,
+    pub call_key: String,
+}
+
+impl CallKey {
+    pub fn new(connection_id: &str, provider: Provider, call_key: &str) -> Self {
+        Self {
+            connection_id: connection_id.into(),
+            provider,
+            call_key: call_key.into(),
+        }
+    }
+
+    pub fn resource_id(&self) -> String {
+        resource_id(&self.connection_id, self.provider, &self.call_key)
+    }
+
+    /// One string for queues and tables: `connection/provider/call`.
+    pub fn to_path(&self) -> String {
+        format!("{}/{}/{}", self.connection_id, self.provider, self.call_key)
+    }
+}
+
+/// One Morph event to deliver. Its key and body are fixed when it is created, so every retry
+/// sends the same bytes under the same idempotency key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub resource_id: String,
+    pub revision: u64,
+    pub event: MorphEventType,
+    pub idempotency_key: String,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub key: CallKey,
+    pub resource_id: String,
+    /// Every distinct event seen for the call, in arrival order; the fold orders them itself.
+    pub events: Vec<CallEvent>,
+    /// Events of calls merged into this one (Voys transfers): they bring their participants.
+    #[serde(default)]
+    pub merged_in: Vec<CallEvent>,
+    /// Set when this call was merged into another (Voys `merged_id`): it is discarded.
+    #[serde(default)]
+    pub merged_into: Option<String>,
+    /// The last revision emitted (0: none yet).
+    pub revision: u64,
+    /// The resource as of the last revision emitted.
+    #[serde(default)]
+    pub resource: Option<TelephonyCall>,
+    #[serde(default)]
+    pub deleted: bool,
+    /// Emitted and not yet delivered, oldest first.
+    #[serde(default)]
+    pub outbox: Vec<Delivery>,
+}
+
+impl CallRecord {
+    pub fn new(key: CallKey) -> Self {
+        Self {
+            resource_id: key.resource_id(),
+            key,
+            events: Vec::new(),
+            merged_in: Vec::new(),
+            merged_into: None,
+            revision: 0,
+            resource: None,
+            deleted: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// The revision delivered last: everything before the outbox.
+    pub fn delivered_revision(&self) -> u64 {
+        self.outbox
+            .first()
+            .map_or(self.revision, |d| d.revision - 1)
+    }
+
+    /// Adds an event unless it was seen already. Returns whether it was new.
+    pub fn add_event(&mut self, event: &CallEvent) -> bool {
+        add_unique(&mut self.events, event)
+    }
+
+    /// Adds an event of a call merged into this one. Returns whether it was new.
+    pub fn add_merged_in(&mut self, event: &CallEvent) -> bool {
+        add_unique(&mut self.merged_in, event)
+    }
+
+    /// Folds the events and, when the resource changed, emits the next revision into the
+    /// outbox. A merged or deleted call emits nothing more. Returns whether it emitted.
+    pub fn refresh(&mut self, connection: &Connection) -> bool {
+        if self.merged_into.is_some() || self.deleted {
+            return false;
+        }
+        let Some(state) = fold(&self.events, &self.merged_in) else {
+            return false;
+        };
+        let call = to_resource(&state, connection);
+        if self
+            .resource
+            .as_ref()
+            .is_some_and(|previous| previous.same_content(&call))
+        {
+            return false;
+        }
+        let event = if self.revision == 0 {
+            MorphEventType::Created
+        } else {
+            MorphEventType::Updated
+        };
+        self.emit(event, call);
+        true
+    }
+
+    /// Discards this call in favour of `survivor`; if the CRM was ever told of it, it is told
+    /// the call is deleted. Returns whether it emitted.
+    pub fn merge_into(&mut self, survivor: &CallKey) -> bool {
+        if self.merged_into.is_some() {
+            return false;
+        }
+        self.merged_into = Some(survivor.call_key.clone());
+        self.delete()
+    }
+
+    /// Emits `telephonyCall::deleted` for a call the CRM was told of. Returns whether it emitted.
+    pub fn delete(&mut self) -> bool {
+        if self.deleted {
+            return false;
+        }
+        self.deleted = true;
+        match self.resource.clone() {
+            Some(last) => {
+                self.emit(MorphEventType::Deleted, last);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn emit(&mut self, event: MorphEventType, call: TelephonyCall) {
+        self.revision += 1;
+        self.outbox.push(Delivery {
+            resource_id: self.resource_id.clone(),
+            revision: self.revision,
+            event,
+            idempotency_key: format!("{}-r{}", self.resource_id, self.revision),
+            body: envelope(event, &self.resource_id, &call),
+        });
+        self.resource = Some(call);
+    }
+
+    /// Records that the CRM took every revision up to `revision`.
+    pub fn mark_delivered(&mut self, revision: u64) {
+        self.outbox.retain(|d| d.revision > revision);
+    }
+}
+
+fn add_unique(events: &mut Vec<CallEvent>, event: &CallEvent) -> bool {
+    if events.iter().any(|seen| seen.id == event.id) {
+        return false;
+    }
+    events.push(event.clone());
+    true
+}

@@ -1,0 +1,189 @@
+//! The Morph `telephonyCall` resource of a call, and the event envelope that carries it.
+
+use super::connection::Connection;
+use super::event::{Direction, Provider, Recording};
+use super::fold::CallState;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CallStatus {
+    InProgress,
+    Completed,
+    Missed,
+    Voicemail,
+}
+
+/// `{"object": "resourceRef", "model": "genericUser", "id": ...}`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRef {
+    pub object: String,
+    pub model: String,
+    pub id: String,
+}
+
+impl ResourceRef {
+    pub fn user(id: &str) -> Self {
+        Self {
+            object: "resourceRef".into(),
+            model: "genericUser".into(),
+            id: id.into(),
+        }
+    }
+}
+
+/// The model's fields. An optional field that is not known is left out, never `null`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TelephonyCallFields {
+    pub direction: Direction,
+    pub status: CallStatus,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<ResourceRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<ResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_number: Option<String>,
+}
+
+/// One revision of a call's resource: what a Morph event carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TelephonyCall {
+    pub fields: TelephonyCallFields,
+    /// Provider data with no field of its own in the model (Telsmart's after-call summary).
+    pub raw_resource: Option<Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl TelephonyCall {
+    /// Whether `other` says anything new to the CRM (the timestamps of the envelope aside).
+    pub fn same_content(&self, other: &TelephonyCall) -> bool {
+        self.fields == other.fields && self.raw_resource == other.raw_resource
+    }
+}
+
+/// The resource id of a call: the same call of the same connection has the same id, forever.
+pub fn resource_id(connection_id: &str, provider: Provider, call_key: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [connection_id, provider.as_str(), call_key] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    format!("call_{}", hex::encode(&hasher.finalize()[..16]))
+}
+
+/// Maps a call's state to its resource, in the words of the connection's directory.
+pub fn to_resource(state: &CallState, connection: &Connection) -> TelephonyCall {
+    let status = match state.ended_at {
+        None => CallStatus::InProgress,
+        Some(_) if state.is_answered() => CallStatus::Completed,
+        Some(_) if state.voicemail => CallStatus::Voicemail,
+        Some(_) => CallStatus::Missed,
+    };
+    let duration = state.ended_at.map(|ended| {
+        state.talk_seconds.unwrap_or_else(|| {
+            state
+                .answered_at
+                .map_or(0, |answered| answered.whole_seconds_until(ended))
+        })
+    });
+
+    let mut users: Vec<ResourceRef> = Vec::new();
+    let mut add_user = |id: &str| {
+        if !users.iter().any(|u| u.id == id) {
+            users.push(ResourceRef::user(id));
+        }
+    };
+    for key in &state.participants {
+        if let Some(id) = connection.user_id(key) {
+            add_user(id);
+        }
+    }
+    // When the other party is one of our users, this is an internal call: no external number.
+    let mut external_number = state.external_number.clone();
+    if let Some(id) = external_number.as_deref().and_then(|n| connection.user_id(n)) {
+        add_user(id);
+        external_number = None;
+    }
+
+    let recording_url = state.recording.as_ref().and_then(|r| match r {
+        Recording::Url(url) => Some(url.clone()),
+        Recording::File(file) => connection.recording_url(file),
+    });
+
+    TelephonyCall {
+        fields: TelephonyCallFields {
+            // Every provider tells the direction on the events we rely on; a call seen only
+            // through TeleCMI's leg b is taken as inbound, the only way such a leg rings.
+            direction: state.direction.unwrap_or(Direction::Inbound),
+            status,
+            started_at: state.started_at.to_rfc3339_millis(),
+            ended_at: state.ended_at.map(|t| t.to_rfc3339_millis()),
+            answered_at: state.answered_at.map(|t| t.to_rfc3339_millis()),
+            duration,
+            recording_url,
+            users,
+            contacts: Vec::new(),
+            external_number,
+            internal_number: state.internal_number.clone(),
+        },
+        raw_resource: state
+            .summary
+            .as_ref()
+            .map(|summary| json!({ "summary": summary })),
+        created_at: state.started_at.to_rfc3339_millis(),
+        updated_at: state.updated_at.to_rfc3339_millis(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MorphEventType {
+    #[serde(rename = "telephonyCall::created")]
+    Created,
+    #[serde(rename = "telephonyCall::updated")]
+    Updated,
+    #[serde(rename = "telephonyCall::deleted")]
+    Deleted,
+}
+
+impl MorphEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MorphEventType::Created => "telephonyCall::created",
+            MorphEventType::Updated => "telephonyCall::updated",
+            MorphEventType::Deleted => "telephonyCall::deleted",
+        }
+    }
+}
+
+/// The body of a Morph webhook event.
+pub fn envelope(event: MorphEventType, resource_id: &str, call: &TelephonyCall) -> Value {
+    json!({
+        "event": event.as_str(),
+        "data": {
+            "object": "resource",
+            "model": "telephonyCall",
+            "id": resource_id,
+            "fields": call.fields,
+            "createdAt": call.created_at,
+            "updatedAt": call.updated_at,
+            "rawResource": call.raw_resource,
+            "warnings": [],
+        }
+    })
+}

@@ -1,0 +1,1 @@
+//! Delivery of a record's outbox to the CRM. (Being written.)

@@ -1,0 +1,219 @@
+//! Ingest: one HTTP webhook in, one queued event out, or a clear refusal. The local server and
+//! the ingest Lambdas both translate their HTTP request into a [`WebhookRequest`] and the
+//! answer back, so the routes, the checks and the error bodies are the same everywhere.
+
+use crate::domain::event::Provider;
+use crate::domain::providers::{self, ParseError};
+use crate::domain::time::Timestamp;
+use crate::ports::{ConnectionDirectory, Queue, QueuedWebhook};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// Larger bodies are refused with 413; the largest real webhook (a Telsmart summary) is a few KiB.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A webhook as it arrived, whatever the HTTP stack.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookRequest<'a> {
+    pub provider: &'a str,
+    pub connection_id: &'a str,
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// The answer to an accepted webhook (HTTP 202).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub status: &'static str,
+    pub event_id: String,
+    pub resource_id: String,
+}
+
+/// A refused webhook: an HTTP status and a JSON body that says what was wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    #[serde(skip)]
+    pub status: u16,
+    /// A stable, machine-readable reason.
+    pub error: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(status: u16, error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(e: ParseError) -> Self {
+        Self {
+            status: 400,
+            error: "invalid_payload",
+            message: e.to_string(),
+            field: e.field,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!(self)
+    }
+}
+
+/// Authenticates, validates and queues one webhook. Nothing refused is queued.
+pub async fn ingest(
+    request: &WebhookRequest<'_>,
+    connections: &dyn ConnectionDirectory,
+    queue: &dyn Queue,
+    received_at: Timestamp,
+) -> Result<Accepted, Rejection> {
+    let provider: Provider = request
+        .provider
+        .parse()
+        .map_err(|e: String| Rejection::new(404, "unknown_provider", e))?;
+    let not_found = || {
+        Rejection::new(
+            404,
+            "unknown_connection",
+            format!("no {provider} connection `{}`", request.connection_id),
+        )
+    };
+    let connection = connections
+        .connection(request.connection_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "connection directory unavailable");
+            Rejection::new(503, "unavailable", "the connection directory is unavailable, retry later")
+        })?
+        .filter(|c| c.provider == provider)
+        .ok_or_else(not_found)?;
+
+    let method = request.method.to_ascii_uppercase();
+    let from_query = match (method.as_str(), provider) {
+        ("POST", _) => false,
+        ("GET", Provider::Telecmi) => true,
+        _ => {
+            let allowed = if provider == Provider::Telecmi { "GET or POST" } else { "POST" };
+            return Err(Rejection::new(
+                405,
+                "method_not_allowed",
+                format!("{provider} webhooks are sent with {allowed}"),
+            ));
+        }
+    };
+
+    // Authenticate before the body is even looked at.
+    let query_pairs: Vec<(String, String)> = request
+        .query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let token = bearer_token(request.authorization)
+        .or_else(|| query_pairs.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
+    match token {
+        None => {
+            return Err(Rejection::new(
+                401,
+                "unauthorized",
+                "a token is required: `Authorization: Bearer <token>` or the `token` query parameter",
+            ));
+        }
+        Some(token) if !connection.accepts_token(token) => {
+            return Err(Rejection::new(401, "unauthorized", "the token is not valid for this connection"));
+        }
+        Some(_) => {}
+    }
+
+    let payload = if from_query {
+        object_of_pairs(query_pairs.into_iter().filter(|(k, _)| k != "token"))
+    } else {
+        read_body(request)?
+    };
+    let webhook = providers::parse(provider, &payload).map_err(Rejection::invalid)?;
+    if let (Some(expected), Some(named)) = (&connection.account, &webhook.account) {
+        if expected != named {
+            return Err(Rejection::new(
+                403,
+                "wrong_account",
+                format!("the payload names account `{named}`, which is not this connection's"),
+            ));
+        }
+    }
+
+    let queued = QueuedWebhook {
+        connection_id: connection.id.clone(),
+        received_at,
+        event: webhook.event,
+        raw: payload,
+    };
+    queue.enqueue(&queued).await.map_err(|e| {
+        tracing::error!(error = %e, "queue unavailable");
+        Rejection::new(503, "unavailable", "the queue is unavailable, retry later")
+    })?;
+    Ok(Accepted {
+        status: "accepted",
+        event_id: queued.event.id.clone(),
+        resource_id: queued.call().resource_id(),
+    })
+}
+
+fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn object_of_pairs(pairs: impl Iterator<Item = (String, String)>) -> Value {
+    Value::Object(pairs.map(|(k, v)| (k, Value::String(v))).collect::<Map<_, _>>())
+}
+
+fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
+    if request.body.len() > MAX_BODY_BYTES {
+        return Err(Rejection::new(
+            413,
+            "payload_too_large",
+            format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
+        ));
+    }
+    let media_type = request
+        .content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let payload = match media_type.as_deref() {
+        // Providers are not all careful with their headers: a JSON body is read as JSON
+        // whether it is labelled JSON, plain text, or not at all.
+        None | Some("") | Some("application/json") | Some("text/plain") => parse_json(request.body)?,
+        Some(t) if t.ends_with("+json") => parse_json(request.body)?,
+        Some("application/x-www-form-urlencoded") => {
+            object_of_pairs(form_urlencoded::parse(request.body).into_owned())
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                415,
+                "unsupported_media_type",
+                format!("`{other}` is not accepted: send application/json or application/x-www-form-urlencoded"),
+            ));
+        }
+    };
+    if !payload.is_object() {
+        return Err(Rejection::new(400, "invalid_payload", "the payload must be a JSON object"));
+    }
+    Ok(payload)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Rejection::new(400, "invalid_payload", "the body is empty"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Rejection::new(400, "invalid_json", format!("the body is not valid JSON: {e}")))
+}

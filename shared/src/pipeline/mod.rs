@@ -1,0 +1,6 @@
+//! The steps of the bridge, written once over the [`crate::ports`] traits and run by the local
+//! server, the Lambda functions and the tests alike.
+
+pub mod delivery;
+pub mod ingest;
+pub mod worker;

@@ -1,0 +1,105 @@
+//! The worker step: a queued event joins its call's record, the record emits a new revision if
+//! the resource changed, and Voys merges move one call into another. Every write is a
+//! conditional save over the version read, retried on conflict, so two workers racing on one
+//! call lose no update; every step is idempotent, so a message processed twice changes nothing.
+
+use crate::domain::connection::Connection;
+use crate::domain::event::EventKind;
+use crate::domain::record::{CallKey, CallRecord};
+use crate::ports::{CallStore, QueuedWebhook, StoreError};
+
+/// How many times a save is retried when another worker changed the call meanwhile.
+const MAX_CONFLICTS: usize = 16;
+
+/// What processing one webhook did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether the event was new (false: a repeat, which changes nothing).
+    pub new_event: bool,
+    /// Calls that emitted a revision and have deliveries waiting.
+    pub to_deliver: Vec<CallKey>,
+    /// Records written.
+    pub writes: usize,
+}
+
+/// Applies one queued webhook to the store.
+pub async fn apply(
+    store: &dyn CallStore,
+    connection: &Connection,
+    webhook: &QueuedWebhook,
+) -> anyhow::Result<Applied> {
+    let event = &webhook.event;
+    let key = webhook.call();
+    let mut applied = Applied::default();
+
+    // The event joins its own call; a call merged away passes it on to the survivor.
+    let mut new_event = false;
+    let mut survivor = None;
+    update(store, &key, &mut applied, |record| {
+        new_event = record.add_event(event);
+        survivor.clone_from(&record.merged_into);
+        new_event | record.refresh(connection)
+    })
+    .await?;
+    applied.new_event = new_event;
+    if let Some(survivor) = survivor {
+        let survivor = CallKey::new(&key.connection_id, key.provider, &survivor);
+        update(store, &survivor, &mut applied, |record| {
+            record.add_merged_in(event) | record.refresh(connection)
+        })
+        .await?;
+    }
+
+    if let EventKind::Merged { merged_call_key } = &event.kind {
+        // First discard the merged call (from then on its late events come here), then take
+        // in what it had. Both steps are idempotent, so a crash between them is mended by the
+        // queue's redelivery.
+        let merged = CallKey::new(&key.connection_id, key.provider, merged_call_key);
+        let mut merged_events = Vec::new();
+        update(store, &merged, &mut applied, |record| {
+            merged_events = record.events.clone();
+            record.merge_into(&key)
+        })
+        .await?;
+        update(store, &key, &mut applied, |record| {
+            merged_events
+                .iter()
+                .fold(false, |changed, e| record.add_merged_in(e) | changed)
+                | record.refresh(connection)
+        })
+        .await?;
+    }
+    Ok(applied)
+}
+
+/// Loads (or creates) a record, lets `change` modify it, and saves it if it says it changed,
+/// retrying from a fresh read when another writer got there first.
+async fn update(
+    store: &dyn CallStore,
+    key: &CallKey,
+    applied: &mut Applied,
+    mut change: impl FnMut(&mut CallRecord) -> bool,
+) -> anyhow::Result<()> {
+    for _ in 0..MAX_CONFLICTS {
+        let (mut record, version) = match store.load(key).await? {
+            Some((record, version)) => (record, Some(version)),
+            None => (CallRecord::new(key.clone()), None),
+        };
+        let outbox_before = record.outbox.len();
+        if !change(&mut record) {
+            return Ok(());
+        }
+        match store.save(&record, version).await {
+            Ok(_) => {
+                applied.writes += 1;
+                if record.outbox.len() > outbox_before && !applied.to_deliver.contains(key) {
+                    applied.to_deliver.push(key.clone());
+                }
+                return Ok(());
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::Other(e)) => return Err(e),
+        }
+    }
+    anyhow::bail!("call {} kept changing under us ({MAX_CONFLICTS} conflicts)", key.to_path())
+}
