@@ -1,1 +1,3 @@
 //! The I/O behind the [`crate::ports`] traits.
+
+pub mod crm_http;

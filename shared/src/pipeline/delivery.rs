@@ -1,1 +1,113 @@
-//! Delivery of a record's outbox to the CRM. (Being written.)
+//! Delivery: a record's outbox goes to the CRM oldest first, and stops at the first delivery
+//! that does not go through, so a call's events never overtake each other. What to do with a
+//! delivery that must wait is the runner's choice (the local server retries it on the
+//! [`RetryPolicy`]; the AWS worker lets SQS redeliver the message).
+
+use crate::domain::connection::Connection;
+use crate::domain::record::Delivery;
+use crate::ports::{Crm, DeliveryOutcome};
+use rand::Rng;
+use std::time::Duration;
+
+/// What pushing an outbox achieved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pushed {
+    /// The highest revision the CRM took, if any.
+    pub delivered_up_to: Option<u64>,
+    /// The delivery that did not go through, and why; the ones after it were not tried.
+    pub stopped_at: Option<(Delivery, DeliveryOutcome)>,
+}
+
+/// Pushes the outbox in order until one delivery does not go through.
+pub async fn push_outbox(crm: &dyn Crm, connection: &Connection, outbox: &[Delivery]) -> Pushed {
+    let mut delivered_up_to = None;
+    for delivery in outbox {
+        match crm.deliver(connection, delivery).await {
+            DeliveryOutcome::Delivered => delivered_up_to = Some(delivery.revision),
+            outcome => {
+                return Pushed {
+                    delivered_up_to,
+                    stopped_at: Some((delivery.clone(), outcome)),
+                };
+            }
+        }
+    }
+    Pushed {
+        delivered_up_to,
+        stopped_at: None,
+    }
+}
+
+/// The retry schedule: exponential backoff from `initial` doubling up to `max`, with full
+/// jitter, never sooner than the CRM's `Retry-After`, for at most `max_attempts` attempts.
+/// With the defaults (12 attempts, 250 ms, 60 s) a delivery is retried for about 6 minutes at
+/// most before it is parked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`, after `attempt` failed attempts (1-based), or
+    /// `None` when the attempts are used up.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let ceiling = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max);
+        let jittered = ceiling.mul_f64(rand::rng().random_range(0.5..=1.0));
+        Some(match retry_after {
+            Some(asked) => jittered.max(asked.min(self.max)),
+            None => jittered,
+        })
+    }
+
+    /// The longest the whole schedule can take, jitter aside.
+    pub fn worst_case_total(&self) -> Duration {
+        (1..self.max_attempts)
+            .map(|attempt| {
+                self.initial
+                    .saturating_mul(2u32.saturating_pow(attempt - 1))
+                    .min(self.max)
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stops() {
+        let p = policy();
+        for _ in 0..100 {
+            let first = p.delay(1, None).unwrap();
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let fourth = p.delay(4, None).unwrap();
+            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
+        }
+        assert_eq!(p.delay(5, None), None);
+        assert_eq!(p.worst_case_total(), Duration::from_millis(100 + 200 + 400 + 800));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_within_the_cap() {
+        let p = policy();
+        assert!(p.delay(1, Some(Duration::from_millis(700))).unwrap() >= Duration::from_millis(700));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(30))), Some(Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,1 @@
+//! The AWS adapters: DynamoDB, SQS and the Lambda handlers. (Being written.)
