@@ -115,7 +115,11 @@ impl ConnectionConfig {
             );
         }
         anyhow::ensure!(
-            !self.id.is_empty() && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            !self.id.is_empty()
+                && self
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "connection id `{}` must be letters, digits, `-` and `_`",
             self.id
         );
@@ -150,6 +154,9 @@ impl Config {
     }
 
     pub fn connections(&self) -> anyhow::Result<Vec<Connection>> {
-        self.connections.iter().map(ConnectionConfig::to_connection).collect()
+        self.connections
+            .iter()
+            .map(ConnectionConfig::to_connection)
+            .collect()
     }
 }

@@ -28,7 +28,11 @@ impl QueuedWebhook {
 
     /// The call the event belongs to: the queue keeps each call's events in order.
     pub fn call(&self) -> CallKey {
-        CallKey::new(&self.connection_id, self.event.provider, &self.event.call_key)
+        CallKey::new(
+            &self.connection_id,
+            self.event.provider,
+            &self.event.call_key,
+        )
     }
 }
 
@@ -59,7 +63,8 @@ pub trait CallStore: Send + Sync {
     /// The record and its version; `None` for a call never seen.
     async fn load(&self, key: &CallKey) -> anyhow::Result<Option<(CallRecord, Version)>>;
     /// Saves the record if its version is still `read` (`None`: if it does not exist yet).
-    async fn save(&self, record: &CallRecord, read: Option<Version>) -> Result<Version, StoreError>;
+    async fn save(&self, record: &CallRecord, read: Option<Version>)
+    -> Result<Version, StoreError>;
 }
 
 /// How the CRM took a delivery.
@@ -73,7 +78,10 @@ pub enum DeliveryOutcome {
         retry_after: Option<Duration>,
     },
     /// Retrying cannot fix it (400, 401, 403, 404, 422): park it with the CRM's answer.
-    Reject { status: u16, body: String },
+    Reject {
+        status: u16,
+        body: String,
+    },
 }
 
 #[async_trait]

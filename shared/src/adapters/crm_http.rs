@@ -87,8 +87,7 @@ impl Crm for HttpCrm {
 
 /// 4xx answers that no retry can fix; 408, 409, 425 and 429 are worth another try.
 fn is_permanent(status: StatusCode) -> bool {
-    status.is_client_error()
-        && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
+    status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }
 
 fn describe(e: &reqwest::Error) -> String {

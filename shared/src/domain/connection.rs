@@ -34,11 +34,9 @@ impl Connection {
     /// Whether `token` is one of the connection's tokens, compared in constant time.
     pub fn accepts_token(&self, token: &str) -> bool {
         let presented = hash_token(token);
-        self.token_hashes
-            .iter()
-            .fold(false, |found, valid| {
-                found | bool::from(valid.as_bytes().ct_eq(presented.as_bytes()))
-            })
+        self.token_hashes.iter().fold(false, |found, valid| {
+            found | bool::from(valid.as_bytes().ct_eq(presented.as_bytes()))
+        })
     }
 
     /// The Morph user id behind a directory key.

@@ -46,7 +46,9 @@ impl FromStr for Provider {
         Provider::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown provider `{s}` (expected telsmart, teltel, voys or telecmi)"))
+            .ok_or_else(|| {
+                format!("unknown provider `{s}` (expected telsmart, teltel, voys or telecmi)")
+            })
     }
 }
 
@@ -138,7 +140,12 @@ pub struct CallEvent {
 
 impl CallEvent {
     /// An event with only the fields every provider has; parsers fill in the rest.
-    pub fn new(provider: Provider, call_key: impl Into<String>, at: Timestamp, kind: EventKind) -> Self {
+    pub fn new(
+        provider: Provider,
+        call_key: impl Into<String>,
+        at: Timestamp,
+        kind: EventKind,
+    ) -> Self {
         Self {
             provider,
             call_key: call_key.into(),

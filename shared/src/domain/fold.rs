@@ -50,7 +50,9 @@ impl CallState {
 /// call to show.
 pub fn fold(events: &[CallEvent], merged_in: &[CallEvent]) -> Option<CallState> {
     let events = canonical(events);
-    let first_call_event = events.iter().find(|e| !matches!(e.kind, EventKind::Summary { .. }))?;
+    let first_call_event = events
+        .iter()
+        .find(|e| !matches!(e.kind, EventKind::Summary { .. }))?;
     let mut state = CallState {
         started_at: first_call_event.at,
         updated_at: first_call_event.at,
@@ -92,7 +94,10 @@ pub fn fold(events: &[CallEvent], merged_in: &[CallEvent]) -> Option<CallState> 
                 state.voicemail |= ending.voicemail;
             }
             EventKind::Summary { summary } => state.summary = Some(summary.clone()),
-            EventKind::Ringing | EventKind::Held | EventKind::Progress | EventKind::Merged { .. } => {}
+            EventKind::Ringing
+            | EventKind::Held
+            | EventKind::Progress
+            | EventKind::Merged { .. } => {}
         }
     }
     for event in canonical(merged_in) {

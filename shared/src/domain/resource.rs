@@ -116,7 +116,10 @@ pub fn to_resource(state: &CallState, connection: &Connection) -> TelephonyCall 
     }
     // When the other party is one of our users, this is an internal call: no external number.
     let mut external_number = state.external_number.clone();
-    if let Some(id) = external_number.as_deref().and_then(|n| connection.user_id(n)) {
+    if let Some(id) = external_number
+        .as_deref()
+        .and_then(|n| connection.user_id(n))
+    {
         add_user(id);
         external_number = None;
     }

@@ -101,13 +101,21 @@ mod tests {
             assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
         }
         assert_eq!(p.delay(5, None), None);
-        assert_eq!(p.worst_case_total(), Duration::from_millis(100 + 200 + 400 + 800));
+        assert_eq!(
+            p.worst_case_total(),
+            Duration::from_millis(100 + 200 + 400 + 800)
+        );
     }
 
     #[test]
     fn retry_after_is_a_floor_within_the_cap() {
         let p = policy();
-        assert!(p.delay(1, Some(Duration::from_millis(700))).unwrap() >= Duration::from_millis(700));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(30))), Some(Duration::from_secs(1)));
+        assert!(
+            p.delay(1, Some(Duration::from_millis(700))).unwrap() >= Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(1))
+        );
     }
 }

@@ -94,7 +94,11 @@ pub async fn ingest(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "connection directory unavailable");
-            Rejection::new(503, "unavailable", "the connection directory is unavailable, retry later")
+            Rejection::new(
+                503,
+                "unavailable",
+                "the connection directory is unavailable, retry later",
+            )
         })?
         .filter(|c| c.provider == provider)
         .ok_or_else(not_found)?;
@@ -104,7 +108,11 @@ pub async fn ingest(
         ("POST", _) => false,
         ("GET", Provider::Telecmi) => true,
         _ => {
-            let allowed = if provider == Provider::Telecmi { "GET or POST" } else { "POST" };
+            let allowed = if provider == Provider::Telecmi {
+                "GET or POST"
+            } else {
+                "POST"
+            };
             return Err(Rejection::new(
                 405,
                 "method_not_allowed",
@@ -118,8 +126,12 @@ pub async fn ingest(
         .query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let token = bearer_token(request.authorization)
-        .or_else(|| query_pairs.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
+    let token = bearer_token(request.authorization).or_else(|| {
+        query_pairs
+            .iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.as_str())
+    });
     match token {
         None => {
             return Err(Rejection::new(
@@ -129,7 +141,11 @@ pub async fn ingest(
             ));
         }
         Some(token) if !connection.accepts_token(token) => {
-            return Err(Rejection::new(401, "unauthorized", "the token is not valid for this connection"));
+            return Err(Rejection::new(
+                401,
+                "unauthorized",
+                "the token is not valid for this connection",
+            ));
         }
         Some(_) => {}
     }
@@ -174,7 +190,11 @@ fn bearer_token(authorization: Option<&str>) -> Option<&str> {
 }
 
 fn object_of_pairs(pairs: impl Iterator<Item = (String, String)>) -> Value {
-    Value::Object(pairs.map(|(k, v)| (k, Value::String(v))).collect::<Map<_, _>>())
+    Value::Object(
+        pairs
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
@@ -185,13 +205,19 @@ fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
             format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
         ));
     }
-    let media_type = request
-        .content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let media_type = request.content_type.map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
     let payload = match media_type.as_deref() {
         // Providers are not all careful with their headers: a JSON body is read as JSON
         // whether it is labelled JSON, plain text, or not at all.
-        None | Some("") | Some("application/json") | Some("text/plain") => parse_json(request.body)?,
+        None | Some("") | Some("application/json") | Some("text/plain") => {
+            parse_json(request.body)?
+        }
         Some(t) if t.ends_with("+json") => parse_json(request.body)?,
         Some("application/x-www-form-urlencoded") => {
             object_of_pairs(form_urlencoded::parse(request.body).into_owned())
@@ -200,12 +226,18 @@ fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
             return Err(Rejection::new(
                 415,
                 "unsupported_media_type",
-                format!("`{other}` is not accepted: send application/json or application/x-www-form-urlencoded"),
+                format!(
+                    "`{other}` is not accepted: send application/json or application/x-www-form-urlencoded"
+                ),
             ));
         }
     };
     if !payload.is_object() {
-        return Err(Rejection::new(400, "invalid_payload", "the payload must be a JSON object"));
+        return Err(Rejection::new(
+            400,
+            "invalid_payload",
+            "the payload must be a JSON object",
+        ));
     }
     Ok(payload)
 }
@@ -214,6 +246,11 @@ fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Rejection::new(400, "invalid_payload", "the body is empty"));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| Rejection::new(400, "invalid_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        Rejection::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }

@@ -101,5 +101,8 @@ async fn update(
             Err(StoreError::Other(e)) => return Err(e),
         }
     }
-    anyhow::bail!("call {} kept changing under us ({MAX_CONFLICTS} conflicts)", key.to_path())
+    anyhow::bail!(
+        "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
+        key.to_path()
+    )
 }

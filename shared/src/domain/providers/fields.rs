@@ -71,7 +71,11 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::Number(n)) => n
                 .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                        .map(|f| f as i64)
+                })
                 .map(Some)
                 .ok_or_else(invalid),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -191,13 +195,20 @@ impl<'a> Fields<'a> {
                     )),
                 })
                 .collect(),
-            Some(_) => Err(ParseError::field(self.path_of(name), "must be a list of objects")),
+            Some(_) => Err(ParseError::field(
+                self.path_of(name),
+                "must be a list of objects",
+            )),
         }
     }
 
     /// A text field that must be one of `allowed` (compared without case); gives the allowed
     /// spelling back.
-    pub fn one_of(&self, name: &str, allowed: &[&'static str]) -> Result<Option<&'static str>, ParseError> {
+    pub fn one_of(
+        &self,
+        name: &str,
+        allowed: &[&'static str],
+    ) -> Result<Option<&'static str>, ParseError> {
         let Some(text) = self.text(name)? else {
             return Ok(None);
         };
@@ -228,7 +239,10 @@ mod tests {
         assert_eq!(f.integer("b").unwrap(), Some(42));
         assert_eq!(f.text("c").unwrap(), None);
         assert_eq!(f.integer("d").unwrap(), None);
-        assert_eq!(f.texts("e").unwrap(), vec!["1".to_string(), "x".to_string()]);
+        assert_eq!(
+            f.texts("e").unwrap(),
+            vec!["1".to_string(), "x".to_string()]
+        );
         assert_eq!(f.texts("a").unwrap(), vec!["42".to_string()]);
     }
 
@@ -240,16 +254,31 @@ mod tests {
         let err = caller.text("number").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("caller.number"));
         assert_eq!(f.integer("n").unwrap_err().field.as_deref(), Some("n"));
-        assert_eq!(f.required_text("missing").unwrap_err().reason, "is required");
+        assert_eq!(
+            f.required_text("missing").unwrap_err().reason,
+            "is required"
+        );
     }
 
     #[test]
     fn timestamps_in_any_unit_or_text() {
         let payload = json!({"us": "1765209366386177", "ms": 1650635340436_i64, "iso": "2023-09-01T13:41:25.972110+00:00", "bad": "yesterday"});
         let f = Fields::root(&payload).unwrap();
-        assert_eq!(f.required_timestamp("us").unwrap().as_micros(), 1_765_209_366_386_177);
-        assert_eq!(f.required_timestamp("ms").unwrap().as_micros(), 1_650_635_340_436_000);
-        assert_eq!(f.required_timestamp("iso").unwrap().as_micros(), 1_693_575_685_972_110);
-        assert_eq!(f.timestamp("bad").unwrap_err().field.as_deref(), Some("bad"));
+        assert_eq!(
+            f.required_timestamp("us").unwrap().as_micros(),
+            1_765_209_366_386_177
+        );
+        assert_eq!(
+            f.required_timestamp("ms").unwrap().as_micros(),
+            1_650_635_340_436_000
+        );
+        assert_eq!(
+            f.required_timestamp("iso").unwrap().as_micros(),
+            1_693_575_685_972_110
+        );
+        assert_eq!(
+            f.timestamp("bad").unwrap_err().field.as_deref(),
+            Some("bad")
+        );
     }
 }
