@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every unit, property, scenario,
+# end-to-end and AWS-emulator test, and the template checks. Installs its own tools first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+infra/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo test (unit, property, scenario, end-to-end, AWS emulator)"
+cargo test --workspace --all-features
+
+step "template: cfn-lint and sam validate --lint"
+cfn-lint template.yaml
+.venv-sam/bin/sam validate --lint --template-file template.yaml --region eu-west-1
+
+echo "all checks passed" >&2
