@@ -22,3 +22,4 @@ pub mod config;
 pub mod domain;
 pub mod pipeline;
 pub mod ports;
+pub mod telemetry;
