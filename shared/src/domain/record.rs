@@ -130,28 +130,28 @@ impl CallRecord {
     }
 
     /// Discards this call in favour of `survivor`; if the CRM was ever told of it, it is told
-    /// the call is deleted. Returns whether it emitted.
+    /// the call is deleted. Returns whether the record changed (it must be saved even when the
+    /// CRM never heard of the call, or the call's later events would show it).
     pub fn merge_into(&mut self, survivor: &CallKey) -> bool {
         if self.merged_into.is_some() {
             return false;
         }
         self.merged_into = Some(survivor.call_key.clone());
-        self.delete()
+        self.delete();
+        true
     }
 
-    /// Emits `telephonyCall::deleted` for a call the CRM was told of. Returns whether it emitted.
+    /// Ends the call's life: nothing more is emitted for it, and if the CRM was ever told of
+    /// it, it gets `telephonyCall::deleted`. Returns whether the record changed.
     pub fn delete(&mut self) -> bool {
         if self.deleted {
             return false;
         }
         self.deleted = true;
-        match self.resource.clone() {
-            Some(last) => {
-                self.emit(MorphEventType::Deleted, last);
-                true
-            }
-            None => false,
+        if let Some(last) = self.resource.clone() {
+            self.emit(MorphEventType::Deleted, last);
         }
+        true
     }
 
     fn emit(&mut self, event: MorphEventType, call: TelephonyCall) {

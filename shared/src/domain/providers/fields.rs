@@ -146,6 +146,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A field's JSON as it came, for data kept whole rather than read (Telsmart's summary).
+    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.value(name)
+    }
+
     /// Whether the field is present and not null.
     pub fn has(&self, name: &str) -> bool {
         self.value(name).is_some()
