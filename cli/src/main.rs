@@ -1,4 +1,6 @@
-use callbridge::{recorder, replay, serve};
+#[cfg(feature = "aws")]
+use callbridge::connections;
+use callbridge::{deliveries, recorder, replay, serve};
 use clap::{Parser, Subcommand};
 
 /// callbridge: telephony webhooks in, Morph telephonyCall events out.
@@ -17,6 +19,11 @@ enum Command {
     Replay(replay::Args),
     /// Run a local CRM that records every Morph event it receives.
     CrmRecorder(recorder::Args),
+    /// List the deliveries the CRM refused (or that ran out of attempts), or send them again.
+    Deliveries(deliveries::Args),
+    /// Manage the connections of an AWS deployment (its DynamoDB connections table).
+    #[cfg(feature = "aws")]
+    Connections(connections::Args),
 }
 
 #[tokio::main]
@@ -25,5 +32,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::CrmRecorder(args) => recorder::run(args).await,
+        Command::Deliveries(args) => deliveries::run(args).await,
+        #[cfg(feature = "aws")]
+        Command::Connections(args) => connections::run(args).await,
     }
 }

@@ -1,8 +1,247 @@
-//! (Being written.)
+//! `callbridge serve`: the bridge on one machine. Webhooks come in over HTTP, the pipeline
+//! runs on the embedded store ([`callbridge_shared::local`]), and Morph events go to
+//! `crm.url` or, without one, to standard output as JSON lines (logs go to standard error, so
+//! standard output stays clean).
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use callbridge_shared::adapters::config_directory::ConfigDirectory;
+use callbridge_shared::adapters::sqlite::SqliteStore;
+use callbridge_shared::config::Config;
+use callbridge_shared::domain::event::Provider;
+use callbridge_shared::local::{self, LocalRuntime, Settings};
+use callbridge_shared::pipeline::ingest::{
+    self, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest,
+};
+use callbridge_shared::telemetry::{LogFormat, init_logging};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The configuration file (see infra/callbridge.example.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where to listen, over the configuration's `listen` (`127.0.0.1:0`: any free port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Logs on standard error as `text` or `json`, filtered by RUST_LOG (default `info`).
+    #[arg(long, default_value = "text")]
+    pub log_format: LogFormat,
+}
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = Config::load(&args.config)?;
+    let store = Arc::new(SqliteStore::open(&config.data_file).await?);
+    let connections = Arc::new(ConfigDirectory::from_config(&config)?);
+    let listen = args.listen.as_deref().unwrap_or(&config.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+
+    let runtime = LocalRuntime::start(
+        Arc::clone(&store),
+        Arc::clone(&connections) as _,
+        local::crm(&config.crm)?,
+        Settings::new(&config.crm),
+    );
+    let address = listener.local_addr()?;
+    tracing::info!(
+        %address,
+        data_file = %config.data_file.display(),
+        connections = config.connections.len(),
+        events = if config.crm.url.is_some() { "crm.url" } else { "stdout" },
+        "listening on {address}"
+    );
+    // Small answers go out at once rather than wait on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(Server { store, connections }))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    runtime.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Server {
+    store: Arc<SqliteStore>,
+    connections: Arc<ConfigDirectory>,
+}
+
+fn router(server: Server) -> Router {
+    Router::new()
+        .route("/webhooks/{provider}/{connection_id}", any(webhook))
+        .route("/health", get(health).fallback(health_method_not_allowed))
+        .fallback(not_found)
+        // Over the limit axum stops reading; `webhook` answers with our own 413.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(server)
+}
+
+async fn webhook(
+    State(server): State<Server>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(Path((provider, connection_id))) = path else {
+        return not_found(method, uri).await;
+    };
+    let refused = |rejection: Rejection| {
+        tracing::info!(
+            provider,
+            connection = connection_id,
+            status = rejection.status,
+            error = rejection.error,
+            reason = rejection.message,
+            "webhook refused"
+        );
+        let allow = if provider == Provider::Telecmi.as_str() {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        allowing(refusal(&rejection), allow)
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return refused(unreadable_body(&e)),
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let request = WebhookRequest {
+        provider: &provider,
+        connection_id: &connection_id,
+        method: method.as_str(),
+        authorization: header(header::AUTHORIZATION.as_str()),
+        query: uri.query(),
+        content_type: header(header::CONTENT_TYPE.as_str()),
+        body: &body,
+        signature: SignatureHeaders::from_lookup(header),
+    };
+    match ingest::ingest(&request, &*server.connections, &*server.store, local::now()).await {
+        Ok(accepted) => {
+            tracing::debug!(
+                provider,
+                connection = connection_id,
+                event_id = accepted.event_id,
+                resource_id = accepted.resource_id,
+                "webhook accepted"
+            );
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+        Err(rejection) => refused(rejection),
+    }
+}
+
+fn unreadable_body(e: &BytesRejection) -> Rejection {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Rejection::new(
+            413,
+            "payload_too_large",
+            format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
+        )
+    } else {
+        Rejection::new(400, "unreadable_body", e.body_text())
+    }
+}
+
+/// The rejection's status and JSON body.
+fn refusal(rejection: &Rejection) -> Response {
+    let status =
+        StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(rejection.body())).into_response()
+}
+
+/// A 405 says which methods would do.
+fn allowing(mut response: Response, methods: &'static str) -> Response {
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(methods));
+    }
+    response
+}
+
+/// 200 when the store answers, with what it holds.
+async fn health(State(server): State<Server>) -> Response {
+    match server.store.health().await {
+        Ok(health) => Json(json!({
+            "status": "ok",
+            "queued": health.queued,
+            "undelivered_calls": health.undelivered_calls,
+            "parked": health.parked,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the store does not answer");
+            let unavailable = Rejection::new(503, "unavailable", "the store does not answer");
+            refusal(&unavailable)
+        }
+    }
+}
+
+async fn health_method_not_allowed(method: Method) -> Response {
+    let rejection = Rejection::new(
+        405,
+        "method_not_allowed",
+        format!("/health answers GET, not {method}"),
+    );
+    allowing(refusal(&rejection), "GET")
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let rejection = Rejection::new(
+        404,
+        "not_found",
+        format!(
+            "nothing at {method} {}: webhooks go to /webhooks/<provider>/<connection id>",
+            uri.path()
+        ),
+    );
+    refusal(&rejection)
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the server stops taking requests, answers those it has, and
+/// stops the runtime (what it was doing is picked up on the next start).
+async fn shutdown_signal() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(unix)]
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            terminate.recv().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            std::future::pending().await
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminated() {
+    std::future::pending().await
 }

@@ -89,6 +89,7 @@ fn ingest_one(c: &mut Criterion) {
                 query: None,
                 content_type: Some("application/json"),
                 body: &body,
+                signature: Default::default(),
             };
             runtime
                 .block_on(ingest(&request, &directory, &Discard, callbridge_shared::domain::time::Timestamp::from_micros(1_800_000_000_000_000).unwrap()))

@@ -4,6 +4,7 @@
 
 use crate::domain::connection::{Connection, hash_token};
 use crate::domain::event::Provider;
+use crate::pipeline::signature::SigningKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,10 @@ pub struct ConnectionConfig {
     pub users: BTreeMap<String, String>,
     #[serde(default)]
     pub recording_url_template: Option<String>,
+    /// The Standard Webhooks signing secret (`whsec_<base64>` or raw); when set, webhooks
+    /// must carry a valid `webhook-signature` (see `docs/security.md`).
+    #[serde(default)]
+    pub signing_secret: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -123,6 +128,10 @@ impl ConnectionConfig {
             "connection id `{}` must be letters, digits, `-` and `_`",
             self.id
         );
+        if let Some(secret) = &self.signing_secret {
+            SigningKey::parse(secret)
+                .map_err(|e| anyhow::anyhow!("connection `{}`: {e}", self.id))?;
+        }
         Ok(Connection {
             id: self.id.clone(),
             provider: self.provider,
@@ -132,6 +141,7 @@ impl ConnectionConfig {
             owner_id: self.owner_id.clone(),
             users: self.users.clone(),
             recording_url_template: self.recording_url_template.clone(),
+            signing_secret: self.signing_secret.clone(),
         })
     }
 }

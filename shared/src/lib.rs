@@ -20,6 +20,7 @@ pub mod adapters;
 pub mod aws;
 pub mod config;
 pub mod domain;
+pub mod local;
 pub mod pipeline;
 pub mod ports;
 pub mod telemetry;

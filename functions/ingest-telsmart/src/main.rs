@@ -1,1 +1,13 @@
-fn main() {}
+//! Lambda: telsmart webhooks in, onto the queue (see `callbridge_shared::aws::ingest`).
+
+use callbridge_shared::aws::ingest::Ingest;
+use callbridge_shared::domain::event::Provider;
+use callbridge_shared::telemetry::{LogFormat, init_logging};
+use lambda_http::{Error, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging(LogFormat::Json);
+    let ingest = Ingest::from_env(Provider::Telsmart).await?;
+    lambda_http::run(service_fn(|request| ingest.handle(request))).await
+}

@@ -34,17 +34,12 @@ impl HttpCrm {
 #[async_trait]
 impl Crm for HttpCrm {
     async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome {
-        let sent = self
-            .client
-            .post(&self.url)
-            // Morph's event docs spell it `x-conector-id`, its REST API `x-connector-id`: send both.
-            .header("x-connector-id", &connection.connector_id)
-            .header("x-conector-id", &connection.connector_id)
-            .header("x-owner-id", &connection.owner_id)
-            .header("x-idempotency-key", &delivery.idempotency_key)
-            .json(&delivery.body)
-            .send()
-            .await;
+        let request = morph_headers(connection, delivery)
+            .into_iter()
+            .fold(self.client.post(&self.url), |request, (name, value)| {
+                request.header(name, value)
+            });
+        let sent = request.json(&delivery.body).send().await;
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
@@ -83,6 +78,20 @@ impl Crm for HttpCrm {
             }
         }
     }
+}
+
+/// The headers Morph reads with an event, as `(name, value)`.
+pub fn morph_headers<'a>(
+    connection: &'a Connection,
+    delivery: &'a Delivery,
+) -> [(&'static str, &'a str); 4] {
+    [
+        ("x-connector-id", &connection.connector_id),
+        // Morph's event docs spell it `x-conector-id`, its REST API `x-connector-id`: send both.
+        ("x-conector-id", &connection.connector_id),
+        ("x-owner-id", &connection.owner_id),
+        ("x-idempotency-key", &delivery.idempotency_key),
+    ]
 }
 
 /// 4xx answers that no retry can fix; 408, 409, 425 and 429 are worth another try.

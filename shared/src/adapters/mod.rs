@@ -1,4 +1,7 @@
 //! The I/O behind the [`crate::ports`] traits.
 
+pub mod config_directory;
 pub mod crm_http;
 pub mod memory;
+pub mod sqlite;
+pub mod stdout_crm;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// Everything callbridge knows about one connection. Tokens are held only as SHA-256 hashes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` never shows the signing secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub id: String,
     pub provider: Provider,
@@ -24,6 +25,30 @@ pub struct Connection {
     /// Turns a recording file name into a URL: `{file}` is replaced by the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_url_template: Option<String>,
+    /// The Standard Webhooks signing secret (`whsec_<base64>` or raw), stored as given: when
+    /// set, ingest requires the `webhook-*` signature headers. At rest on AWS it must be
+    /// encrypted (a KMS-encrypted table or attribute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("provider", &self.provider)
+            .field("token_hashes", &self.token_hashes)
+            .field("account", &self.account)
+            .field("connector_id", &self.connector_id)
+            .field("owner_id", &self.owner_id)
+            .field("users", &self.users)
+            .field("recording_url_template", &self.recording_url_template)
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 pub fn hash_token(token: &str) -> String {
@@ -66,6 +91,7 @@ mod tests {
             owner_id: "owner".into(),
             users: BTreeMap::new(),
             recording_url_template: Some("https://rec.example/{file}".into()),
+            signing_secret: None,
         }
     }
 

@@ -2,6 +2,8 @@
 //! the ingest Lambdas both translate their HTTP request into a [`WebhookRequest`] and the
 //! answer back, so the routes, the checks and the error bodies are the same everywhere.
 
+pub use super::signature::SignatureHeaders;
+use super::signature::{self, SigningKey};
 use crate::domain::event::Provider;
 use crate::domain::providers::{self, ParseError};
 use crate::domain::time::Timestamp;
@@ -25,6 +27,9 @@ pub struct WebhookRequest<'a> {
     pub query: Option<&'a str>,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
+    /// The Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`);
+    /// required only by a connection with a `signing_secret`.
+    pub signature: SignatureHeaders<'a>,
 }
 
 /// The answer to an accepted webhook (HTTP 202).
@@ -149,6 +154,9 @@ pub async fn ingest(
         }
         Some(_) => {}
     }
+    if let Some(secret) = &connection.signing_secret {
+        verify_signature(request, secret, from_query, received_at)?;
+    }
 
     let payload = if from_query {
         object_of_pairs(query_pairs.into_iter().filter(|(k, _)| k != "token"))
@@ -156,14 +164,14 @@ pub async fn ingest(
         read_body(request)?
     };
     let webhook = providers::parse(provider, &payload).map_err(Rejection::invalid)?;
-    if let (Some(expected), Some(named)) = (&connection.account, &webhook.account) {
-        if expected != named {
-            return Err(Rejection::new(
-                403,
-                "wrong_account",
-                format!("the payload names account `{named}`, which is not this connection's"),
-            ));
-        }
+    if let (Some(expected), Some(named)) = (&connection.account, &webhook.account)
+        && expected != named
+    {
+        return Err(Rejection::new(
+            403,
+            "wrong_account",
+            format!("the payload names account `{named}`, which is not this connection's"),
+        ));
     }
 
     let queued = QueuedWebhook {
@@ -183,6 +191,43 @@ pub async fn ingest(
     })
 }
 
+/// A signed connection's check, still before the body is parsed (but after its size is known,
+/// so no more than [`MAX_BODY_BYTES`] are hashed).
+fn verify_signature(
+    request: &WebhookRequest<'_>,
+    secret: &str,
+    from_query: bool,
+    received_at: Timestamp,
+) -> Result<(), Rejection> {
+    if from_query {
+        return Err(Rejection::new(
+            405,
+            "method_not_allowed",
+            "this connection requires signed webhooks, sent with POST: a signature covers the body, not the query string",
+        ));
+    }
+    if request.body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let key = SigningKey::parse(secret).map_err(|e| {
+        tracing::error!(connection = request.connection_id, error = %e, "unusable signing secret");
+        Rejection::new(
+            500,
+            "misconfigured",
+            "this connection's signing secret is unusable: its operator must fix it",
+        )
+    })?;
+    signature::verify(&key, &request.signature, request.body, received_at)
+}
+
+fn too_large() -> Rejection {
+    Rejection::new(
+        413,
+        "payload_too_large",
+        format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
+    )
+}
+
 fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     let value = authorization?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -199,11 +244,7 @@ fn object_of_pairs(pairs: impl Iterator<Item = (String, String)>) -> Value {
 
 fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
     if request.body.len() > MAX_BODY_BYTES {
-        return Err(Rejection::new(
-            413,
-            "payload_too_large",
-            format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
-        ));
+        return Err(too_large());
     }
     let media_type = request.content_type.map(|c| {
         c.split(';')

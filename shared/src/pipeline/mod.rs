@@ -3,4 +3,5 @@
 
 pub mod delivery;
 pub mod ingest;
+pub mod signature;
 pub mod worker;

@@ -1,0 +1,181 @@
+//! The call store on DynamoDB: one item per call.
+//!
+//! | attribute | type | what |
+//! |---|---|---|
+//! | `call` (key) | S | [`CallKey::to_path`]: `connection/provider/call` |
+//! | `record` | S | the [`CallRecord`] as JSON, outbox included |
+//! | `version` | N | bumped by every write; a write succeeds only over the version it read |
+//! | `pending` | N | deliveries in the outbox, for operators looking for stuck calls |
+//! | `expires_at` | N | epoch seconds; the table's TTL attribute, pushed back by every write |
+//!
+//! The revision the CRM has is implicit: everything before the outbox.
+
+use super::usage::Usage;
+use crate::domain::record::{CallKey, CallRecord};
+use crate::ports::{CallStore, StoreError, Version};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const KEY: &str = "call";
+const RECORD: &str = "record";
+const VERSION: &str = "version";
+const PENDING: &str = "pending";
+const EXPIRES_AT: &str = "expires_at";
+
+pub struct DynamoCalls {
+    client: Client,
+    table: String,
+    /// How long a call is kept after its last change.
+    retention: Duration,
+    usage: Arc<Usage>,
+}
+
+impl DynamoCalls {
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        retention: Duration,
+        usage: Arc<Usage>,
+    ) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            retention,
+            usage,
+        }
+    }
+
+    fn expires_at(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (now + self.retention).as_secs()
+    }
+}
+
+#[async_trait]
+impl CallStore for DynamoCalls {
+    async fn load(&self, key: &CallKey) -> anyhow::Result<Option<(CallRecord, Version)>> {
+        let path = key.to_path();
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, AttributeValue::S(path.clone()))
+            // A write only succeeds over the latest version: reading anything older would
+            // just cost a conflict and a second read.
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read call {path} from {}: {}",
+                    self.table,
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        let Some(item) = output.item else {
+            self.usage.call_read(0);
+            return Ok(None);
+        };
+        self.usage.call_read(item_bytes(&item));
+        let record = item
+            .get(RECORD)
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no `{RECORD}`"))?;
+        let record: CallRecord = serde_json::from_str(record)
+            .map_err(|e| anyhow::anyhow!("call {path}: the stored record does not read: {e}"))?;
+        let version = item
+            .get(VERSION)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no numeric `{VERSION}`"))?;
+        Ok(Some((record, version)))
+    }
+
+    async fn save(
+        &self,
+        record: &CallRecord,
+        read: Option<Version>,
+    ) -> Result<Version, StoreError> {
+        let path = record.key.to_path();
+        let version = read.map_or(1, |v| v + 1);
+        let json = serde_json::to_string(record).map_err(anyhow::Error::from)?;
+        let item = HashMap::from([
+            (KEY.to_string(), AttributeValue::S(path.clone())),
+            (RECORD.to_string(), AttributeValue::S(json)),
+            (VERSION.to_string(), number(version)),
+            (PENDING.to_string(), number(record.outbox.len() as u64)),
+            (EXPIRES_AT.to_string(), number(self.expires_at())),
+        ]);
+        self.usage.call_write(item_bytes(&item));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let put = match read {
+            None => put
+                .condition_expression("attribute_not_exists(#key)")
+                .expression_attribute_names("#key", KEY),
+            Some(read) => put
+                .condition_expression("#version = :read")
+                .expression_attribute_names("#version", VERSION)
+                .expression_attribute_values(":read", number(read)),
+        };
+        match put.send().await {
+            Ok(_) => Ok(version),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                self.usage.conflict();
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(StoreError::Other(anyhow::anyhow!(
+                "cannot write call {path} to {}: {}",
+                self.table,
+                DisplayErrorContext(&e)
+            ))),
+        }
+    }
+}
+
+fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+/// An item's size as DynamoDB bills it: attribute names plus values (a number counts about
+/// one byte per two digits, plus one).
+fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(s) => s.len(),
+                    AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+                    AttributeValue::B(b) => b.as_ref().len(),
+                    _ => 1,
+                }
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_size_counts_names_and_values() {
+        let item = HashMap::from([
+            ("call".to_string(), AttributeValue::S("a/b/c".into())),
+            ("version".to_string(), AttributeValue::N("12".into())),
+        ]);
+        assert_eq!(item_bytes(&item), 4 + 5 + 7 + 2);
+    }
+}

@@ -1,0 +1,430 @@
+//! The worker Lambda: the SQS FIFO queue's consumer, with partial batch responses
+//! (`ReportBatchItemFailures`).
+//!
+//! Each message is applied to its call with [`pipeline::worker::apply`], which writes the
+//! record (and the revision it emitted) to DynamoDB; then the record's outbox is pushed to the
+//! CRM with [`push_outbox`], and what the CRM took is written with
+//! [`CallRecord::mark_delivered`]. State is written before the push and the delivered revision
+//! after it, so a crash in between only re-sends the same revision under the same idempotency
+//! key. Both writes are conditional on the version read: two workers racing on one call lose
+//! no update.
+//!
+//! A batch holds messages of several calls (message groups), in order within each. The calls
+//! are processed side by side, each call's messages one after the other; a call's record is
+//! read once per batch and then kept, so an event costs one read and one write, plus one write
+//! when the CRM took a revision. When a message fails, it and every later message of its call
+//! are reported as failures and come back in order; the other calls go on. A message that can
+//! never succeed (it does not read, or its connection is gone) is logged with its reason and
+//! fails every time, until SQS moves it to the dead-letter queue after the queue's
+//! `maxReceiveCount` receives; meanwhile only its own call waits.
+//!
+//! [`CallRecord::mark_delivered`]: crate::domain::record::CallRecord::mark_delivered
+
+use super::calls::DynamoCalls;
+use super::connections::DynamoConnections;
+use super::usage::{Usage, UsageCounts};
+use super::{number_or, process_env, required};
+use crate::adapters::crm_http::HttpCrm;
+use crate::domain::connection::Connection;
+use crate::domain::record::{CallKey, CallRecord};
+use crate::pipeline::delivery::push_outbox;
+use crate::pipeline::worker;
+use crate::ports::{
+    CallStore, ConnectionDirectory, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
+};
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures_util::future::join_all;
+use lambda_runtime::{Error, LambdaEvent};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// How many times marking a delivery is retried when another worker changed the call meanwhile.
+const MAX_CONFLICTS: usize = 16;
+
+/// Where the worker finds things and how it talks to the CRM; the template sets these
+/// variables.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// `CALLS_TABLE`
+    pub calls_table: String,
+    /// `CONNECTIONS_TABLE`
+    pub connections_table: String,
+    /// `CALL_RETENTION_DAYS` (default 30): how long a call is kept after its last change.
+    pub call_retention: Duration,
+    /// `CRM_URL`: where the Morph events are POSTed.
+    pub crm_url: String,
+    /// `CRM_TIMEOUT_MS` (default 5000): per delivery.
+    pub crm_timeout: Duration,
+}
+
+impl WorkerSettings {
+    /// Reads the settings with `vars` (a variable's value by its name).
+    pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            calls_table: required(&vars, "CALLS_TABLE")?,
+            connections_table: required(&vars, "CONNECTIONS_TABLE")?,
+            call_retention: Duration::from_secs(
+                number_or(&vars, "CALL_RETENTION_DAYS", 30)? * 24 * 3600,
+            ),
+            crm_url: required(&vars, "CRM_URL")?,
+            crm_timeout: Duration::from_millis(number_or(&vars, "CRM_TIMEOUT_MS", 5_000)?),
+        })
+    }
+}
+
+/// The handler, built once per container.
+pub struct Worker {
+    calls: DynamoCalls,
+    connections: DynamoConnections,
+    crm: Arc<dyn Crm>,
+    usage: Arc<Usage>,
+    /// A message is not started with less time than this left in the invocation: it could
+    /// not finish, and the whole batch would come back.
+    reserve: Duration,
+}
+
+impl Worker {
+    /// A worker delivering to `crm` (an [`HttpCrm`] to `settings.crm_url` in production).
+    pub fn new(aws: &SdkConfig, settings: &WorkerSettings, crm: Arc<dyn Crm>) -> Self {
+        let usage = Arc::new(Usage::default());
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        Self {
+            calls: DynamoCalls::new(
+                dynamodb.clone(),
+                &settings.calls_table,
+                settings.call_retention,
+                usage.clone(),
+            ),
+            connections: DynamoConnections::new(
+                dynamodb,
+                &settings.connections_table,
+                usage.clone(),
+            ),
+            crm,
+            usage,
+            reserve: settings.crm_timeout * 2 + Duration::from_secs(1),
+        }
+    }
+
+    /// The handler as the template configures it: settings from the environment, AWS clients
+    /// from the Lambda role, the CRM over HTTP.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let settings = WorkerSettings::from_vars(process_env)?;
+        let crm = Arc::new(HttpCrm::new(&settings.crm_url, settings.crm_timeout)?);
+        let aws = aws_config::load_from_env().await;
+        Ok(Self::new(&aws, &settings, crm))
+    }
+
+    /// What this handler has asked of AWS so far.
+    pub fn usage(&self) -> UsageCounts {
+        self.usage.counts()
+    }
+
+    /// One batch; the response lists the messages to receive again.
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+        let (event, context) = event.into_parts();
+        let before = self.usage();
+        let failed = self.process(&event.records, context.deadline()).await;
+        let used = self.usage().since(before);
+        tracing::info!(
+            messages = event.records.len(),
+            failed = failed.len(),
+            call_reads = used.call_reads,
+            call_writes = used.call_writes,
+            call_read_units = used.call_read_units,
+            call_write_units = used.call_write_units,
+            conflicts = used.conflicts,
+            connection_reads = used.connection_reads,
+            "batch done"
+        );
+        let mut response = SqsBatchResponse::default();
+        response.set_failures(failed);
+        Ok(response)
+    }
+
+    /// Processes the calls of a batch side by side; returns the ids of the failed messages.
+    async fn process(&self, messages: &[SqsMessage], deadline: SystemTime) -> Vec<String> {
+        let mut groups: Vec<Vec<&SqsMessage>> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for message in messages {
+            let group = message
+                .attributes
+                .get("MessageGroupId")
+                .or(message.message_id.as_ref())
+                .map_or("", String::as_str);
+            let index = *group_of.entry(group).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[index].push(message);
+        }
+        join_all(groups.iter().map(|group| self.run_group(group, deadline)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One call's messages, in order, until one fails; returns the ids of that one and of
+    /// every later one.
+    async fn run_group(&self, messages: &[&SqsMessage], deadline: SystemTime) -> Vec<String> {
+        let calls = BatchCalls::new(&self.calls);
+        for (i, message) in messages.iter().enumerate() {
+            let left = deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let outcome = if left < self.reserve {
+                Err(Failure::retry(format!(
+                    "only {left:?} left in this invocation: the message waits for the next"
+                )))
+            } else {
+                self.run_message(&calls, message).await
+            };
+            if let Err(failure) = outcome {
+                failure.log(message, messages.len() - i - 1);
+                return messages[i..]
+                    .iter()
+                    .map(|m| m.message_id.clone().unwrap_or_default())
+                    .collect();
+            }
+        }
+        Vec::new()
+    }
+
+    async fn run_message(
+        &self,
+        calls: &BatchCalls<'_>,
+        message: &SqsMessage,
+    ) -> Result<(), Failure> {
+        let webhook: QueuedWebhook =
+            serde_json::from_str(message.body.as_deref().unwrap_or_default())
+                .map_err(|e| Failure::poison(format!("the body is not a queued webhook: {e}")))?;
+        let connection = self
+            .connections
+            .connection(&webhook.connection_id)
+            .await
+            .map_err(Failure::retry)?
+            .filter(|c| c.provider == webhook.provider())
+            .ok_or_else(|| {
+                Failure::poison(format!(
+                    "there is no {} connection `{}`",
+                    webhook.provider(),
+                    webhook.connection_id
+                ))
+            })?;
+        worker::apply(calls, &connection, &webhook)
+            .await
+            .map_err(Failure::retry)?;
+        // Every record the message touched, not only those it added to: a message received
+        // again after a crash finds its revision written but not delivered.
+        for key in calls.with_outbox() {
+            self.deliver(calls, &connection, &key).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(
+        &self,
+        calls: &BatchCalls<'_>,
+        connection: &Connection,
+        key: &CallKey,
+    ) -> Result<(), Failure> {
+        let outbox = calls.outbox(key);
+        let pushed = push_outbox(self.crm.as_ref(), connection, &outbox).await;
+        if let Some(revision) = pushed.delivered_up_to {
+            calls
+                .mark_delivered(key, revision)
+                .await
+                .map_err(Failure::retry)?;
+        }
+        match pushed.stopped_at {
+            None => Ok(()),
+            Some((delivery, DeliveryOutcome::Reject { status, body })) => {
+                Err(Failure::rejected(format!(
+                    "the CRM refused {} with HTTP {status}: {body}",
+                    delivery.idempotency_key
+                )))
+            }
+            Some((delivery, outcome)) => Err(Failure::retry(format!(
+                "the CRM did not take {}: {outcome:?}",
+                delivery.idempotency_key
+            ))),
+        }
+    }
+}
+
+/// The calls of one message group within one batch: each record is read once, then taken
+/// from here, and every write made here keeps it current. A refused write forgets the record,
+/// so the retry reads what the other writer wrote.
+struct BatchCalls<'a> {
+    store: &'a DynamoCalls,
+    records: Mutex<BTreeMap<CallKey, (CallRecord, Version)>>,
+}
+
+impl<'a> BatchCalls<'a> {
+    fn new(store: &'a DynamoCalls) -> Self {
+        Self {
+            store,
+            records: Mutex::default(),
+        }
+    }
+
+    fn records(&self) -> MutexGuard<'_, BTreeMap<CallKey, (CallRecord, Version)>> {
+        // Plain data: still good after a panic elsewhere.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The calls known here with deliveries waiting.
+    fn with_outbox(&self) -> Vec<CallKey> {
+        self.records()
+            .iter()
+            .filter(|(_, (record, _))| !record.outbox.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    fn outbox(&self, key: &CallKey) -> Vec<crate::domain::record::Delivery> {
+        self.records()
+            .get(key)
+            .map(|(record, _)| record.outbox.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes that the CRM took everything up to `revision`, over whatever version is current.
+    async fn mark_delivered(&self, key: &CallKey, revision: u64) -> anyhow::Result<()> {
+        for _ in 0..MAX_CONFLICTS {
+            let Some((mut record, version)) = self.load(key).await? else {
+                return Ok(());
+            };
+            let waiting = record.outbox.len();
+            record.mark_delivered(revision);
+            if record.outbox.len() == waiting {
+                return Ok(());
+            }
+            match self.save(&record, Some(version)).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Other(e)) => return Err(e),
+            }
+        }
+        anyhow::bail!(
+            "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
+            key.to_path()
+        )
+    }
+}
+
+#[async_trait]
+impl CallStore for BatchCalls<'_> {
+    async fn load(&self, key: &CallKey) -> anyhow::Result<Option<(CallRecord, Version)>> {
+        if let Some(known) = self.records().get(key) {
+            return Ok(Some(known.clone()));
+        }
+        let loaded = self.store.load(key).await?;
+        if let Some(loaded) = &loaded {
+            self.records().insert(key.clone(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    async fn save(
+        &self,
+        record: &CallRecord,
+        read: Option<Version>,
+    ) -> Result<Version, StoreError> {
+        let saved = self.store.save(record, read).await;
+        let mut records = self.records();
+        match &saved {
+            Ok(version) => {
+                records.insert(record.key.clone(), (record.clone(), *version));
+            }
+            // After a conflict or an unknown outcome only a fresh read tells what is stored.
+            Err(_) => {
+                records.remove(&record.key);
+            }
+        }
+        saved
+    }
+}
+
+/// Why a message did not go through.
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+}
+
+enum FailureKind {
+    /// It can never succeed: only the dead-letter queue helps.
+    Poison,
+    /// The CRM refused a delivery for good: the call waits until someone fixes the cause.
+    Rejected,
+    /// Worth another try (AWS or the CRM unavailable, too little time left).
+    Retry,
+}
+
+impl Failure {
+    /// `reason`, with its causes when it is an error.
+    fn new(kind: FailureKind, reason: impl Display) -> Self {
+        Self {
+            kind,
+            reason: format!("{reason:#}"),
+        }
+    }
+
+    fn poison(reason: impl Display) -> Self {
+        Self::new(FailureKind::Poison, reason)
+    }
+
+    fn rejected(reason: impl Display) -> Self {
+        Self::new(FailureKind::Rejected, reason)
+    }
+
+    fn retry(reason: impl Display) -> Self {
+        Self::new(FailureKind::Retry, reason)
+    }
+
+    /// `held_back`: the later messages of the call, which fail with this one to keep the order.
+    fn log(&self, message: &SqsMessage, held_back: usize) {
+        let attribute = |name: &str| {
+            message
+                .attributes
+                .get(name)
+                .map_or("", String::as_str)
+                .to_owned()
+        };
+        let message_id = message.message_id.as_deref().unwrap_or_default();
+        let group = attribute("MessageGroupId");
+        let receive_count = attribute("ApproximateReceiveCount");
+        let reason = &self.reason;
+        match self.kind {
+            FailureKind::Poison => tracing::error!(
+                message_id,
+                group,
+                receive_count,
+                held_back,
+                reason,
+                "the message can never be processed: it goes to the dead-letter queue after the queue's maxReceiveCount receives"
+            ),
+            FailureKind::Rejected => tracing::error!(
+                message_id,
+                group,
+                receive_count,
+                held_back,
+                reason,
+                "the CRM refused a delivery: the call waits, and the message goes to the dead-letter queue after the queue's maxReceiveCount receives"
+            ),
+            FailureKind::Retry => tracing::warn!(
+                message_id,
+                group,
+                receive_count,
+                held_back,
+                reason,
+                "the message comes back after the queue's visibility timeout"
+            ),
+        }
+    }
+}

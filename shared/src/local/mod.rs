@@ -1,0 +1,108 @@
+//! The local runtime: the pipeline AWS runs, on one machine, over the SQLite store.
+//!
+//! Ingest (the HTTP server) queues webhooks in the store. A worker task reads the queue in
+//! order and applies each webhook with [`crate::pipeline::worker::apply`]; a delivery task
+//! pushes each call's outbox to the CRM with [`crate::pipeline::delivery::push_outbox`],
+//! retrying on the [`RetryPolicy`] and parking what cannot go through. Both are woken the
+//! moment there is work (an incoming-call popup is useless a second late) and also look at the
+//! store every [`Settings::poll_interval`], which is how they pick up what a previous run left
+//! behind and deliveries un-parked by `callbridge deliveries retry`.
+//!
+//! Every step is idempotent and every write conditional, so stopping at any point (a crash,
+//! `kill -9`, or [`LocalRuntime::stop`]) loses nothing and duplicates nothing the CRM sees:
+//! the next start picks up where this one stopped.
+
+mod delivery;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use crate::adapters::crm_http::HttpCrm;
+use crate::adapters::sqlite::SqliteStore;
+use crate::adapters::stdout_crm::StdoutCrm;
+use crate::config::CrmConfig;
+use crate::domain::time::Timestamp;
+use crate::pipeline::delivery::RetryPolicy;
+use crate::ports::{ConnectionDirectory, Crm};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How often the store is looked at besides the wake-ups.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub retry: RetryPolicy,
+    pub poll_interval: Duration,
+}
+
+impl Settings {
+    pub fn new(crm: &CrmConfig) -> Self {
+        Self {
+            retry: RetryPolicy {
+                max_attempts: crm.max_attempts,
+                initial: Duration::from_millis(crm.initial_backoff_ms),
+                max: Duration::from_millis(crm.max_backoff_ms),
+            },
+            poll_interval: POLL_INTERVAL,
+        }
+    }
+}
+
+/// The CRM of the configuration: over HTTP to `url`, or printed on standard output.
+pub fn crm(config: &CrmConfig) -> anyhow::Result<Arc<dyn Crm>> {
+    Ok(match &config.url {
+        Some(url) => Arc::new(HttpCrm::new(url, Duration::from_millis(config.timeout_ms))?),
+        None => Arc::new(StdoutCrm::default()),
+    })
+}
+
+/// The wall clock, as the domain counts time.
+pub fn now() -> Timestamp {
+    Timestamp::from_micros(chrono::Utc::now().timestamp_micros())
+        .expect("the clock is set between 2000 and 2100")
+}
+
+/// The running worker and delivery tasks.
+pub struct LocalRuntime {
+    worker: JoinHandle<()>,
+    delivery: JoinHandle<()>,
+}
+
+impl LocalRuntime {
+    /// Starts processing what the store holds and whatever is queued from now on.
+    pub fn start(
+        store: Arc<SqliteStore>,
+        connections: Arc<dyn ConnectionDirectory>,
+        crm: Arc<dyn Crm>,
+        settings: Settings,
+    ) -> Self {
+        let (to_deliver, woken) = mpsc::unbounded_channel();
+        let worker = worker::Worker {
+            store: Arc::clone(&store),
+            connections: Arc::clone(&connections),
+            to_deliver,
+            poll_interval: settings.poll_interval,
+        };
+        let deliverer = delivery::Deliverer::new(store, connections, crm, settings);
+        Self {
+            worker: tokio::spawn(Arc::new(worker).run()),
+            delivery: tokio::spawn(Arc::new(deliverer).run(woken)),
+        }
+    }
+
+    /// Stops both tasks wherever they are: what they were doing is done again on the next
+    /// start, which changes nothing.
+    pub async fn stop(self) {
+        for task in [self.worker, self.delivery] {
+            task.abort();
+            match task.await {
+                Err(e) if !e.is_cancelled() => tracing::error!(error = %e, "a runtime task failed"),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Bad input of every kind, sent to a real `callbridge serve` over HTTP: each gets its status
+//! and a JSON error body (naming the field when a field is at fault), and reaches nobody.
+//! TeleCMI's GET with query parameters is accepted and delivered.
+
+mod support;
+
+use callbridge::recorder::{Behaviour, Recorder, summary};
+use callbridge_shared::domain::event::Provider;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+use support::bridge::{Bridge, CrmSettings, Setup};
+use support::scenario::{self, Scenario, token_of};
+
+/// The fields that name the call, and the field of the time, of each provider's webhooks.
+fn call_and_time_fields(provider: Provider) -> (&'static [&'static str], &'static str) {
+    match provider {
+        Provider::Telsmart => (&["id"], "timestamp"),
+        Provider::Teltel => (&["call_id"], "timestamp"),
+        Provider::Voys => (&["call_id"], "timestamp"),
+        // The conversation, or failing that the leg.
+        Provider::Telecmi => (&["conversation_uuid", "cmiuuid"], "time"),
+    }
+}
+
+/// The first scenario of `provider`: its first webhook is a good one to spoil.
+fn first_scenario(provider: Provider) -> Scenario {
+    scenario::all()
+        .into_iter()
+        .find(|s| s.provider == provider)
+        .unwrap_or_else(|| panic!("no {provider} scenario"))
+}
+
+/// `webhook` with `changes` applied: `null` removes a field.
+fn spoiled(webhook: &Value, changes: &[(&str, Value)]) -> Value {
+    let mut webhook = webhook.clone();
+    let object = webhook.as_object_mut().expect("a webhook is an object");
+    for (field, value) in changes {
+        match value {
+            Value::Null => object.remove(*field),
+            value => object.insert(field.to_string(), value.clone()),
+        };
+    }
+    webhook
+}
+
+/// Sends a request that must be refused with `status` and a JSON error body naming `field`.
+async fn expect_refused(
+    bridge: &Bridge,
+    what: &str,
+    request: reqwest::RequestBuilder,
+    status: u16,
+    field: Option<&str>,
+) {
+    let answer = bridge.send(request).await;
+    let body = &answer.body;
+    assert_eq!(answer.status, status, "{what}: answered {body}");
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{what}: the answer is not a JSON error with `error` and `message`: {body}"
+    );
+    if let Some(field) = field {
+        assert_eq!(
+            body["field"], field,
+            "{what}: the error does not name the field: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_is_refused_with_a_json_error_and_reaches_nobody() {
+    let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
+        .await
+        .expect("the CRM recorder starts");
+    let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
+    let bridge = Bridge::start(&setup).await;
+    let client = bridge.client();
+    let telsmart = first_scenario(Provider::Telsmart);
+    let good = &telsmart.webhooks[0];
+    let (connection, token) = (telsmart.connection.as_str(), telsmart.token());
+    let url = bridge.webhook_url("telsmart", connection);
+    let post = |url: &str| client.post(url).bearer_auth(&token);
+
+    // Where: unknown provider, unknown connection, a connection of another provider.
+    let nowhere = [
+        (
+            "an unknown provider",
+            bridge.webhook_url("nokia", connection),
+        ),
+        (
+            "an unknown connection",
+            bridge.webhook_url("telsmart", "nobody"),
+        ),
+        (
+            "another provider's connection",
+            bridge.webhook_url("teltel", connection),
+        ),
+    ];
+    for (what, url) in nowhere {
+        expect_refused(&bridge, what, post(&url).json(good), 404, None).await;
+    }
+
+    // Who: no token, a wrong one, another connection's.
+    let other_token = token_of("demo-teltel");
+    let strangers = [
+        ("no token", client.post(&url)),
+        (
+            "a wrong token",
+            client.post(&url).bearer_auth("not-the-token-of-anyone"),
+        ),
+        (
+            "another connection's token",
+            client.post(&url).bearer_auth(&other_token),
+        ),
+        (
+            "a wrong token in the query",
+            client.post(format!("{url}?token=not-the-token-of-anyone")),
+        ),
+    ];
+    for (what, request) in strangers {
+        expect_refused(&bridge, what, request.json(good), 401, None).await;
+    }
+
+    // Whose: a payload of another tenant, on the connections that know their tenant.
+    let telsmart_tenant = spoiled(
+        good,
+        &[("tenant_id", json!("00000000-0000-4000-8000-000000000000"))],
+    );
+    expect_refused(
+        &bridge,
+        "another Telsmart tenant",
+        post(&url).json(&telsmart_tenant),
+        403,
+        None,
+    )
+    .await;
+    let telecmi = first_scenario(Provider::Telecmi);
+    let telecmi_app = spoiled(
+        &telecmi.webhooks[0],
+        &[("app_id", json!("9999999")), ("appid", json!("9999999"))],
+    );
+    let request = bridge.webhook(
+        Provider::Telecmi,
+        &telecmi.connection,
+        &telecmi.token(),
+        &telecmi_app,
+    );
+    expect_refused(&bridge, "another TeleCMI app", request, 403, None).await;
+
+    // How: the method, the size, the media type.
+    expect_refused(
+        &bridge,
+        "PUT",
+        client.put(&url).bearer_auth(&token).json(good),
+        405,
+        None,
+    )
+    .await;
+    expect_refused(
+        &bridge,
+        "GET to Telsmart",
+        client.get(&url).bearer_auth(&token),
+        405,
+        None,
+    )
+    .await;
+    let huge = spoiled(good, &[("padding", json!("x".repeat(300 * 1024)))]);
+    expect_refused(
+        &bridge,
+        "a body over 256 KiB",
+        post(&url).json(&huge),
+        413,
+        None,
+    )
+    .await;
+    let xml = post(&url)
+        .header(CONTENT_TYPE, "application/xml")
+        .body("<call/>");
+    expect_refused(&bridge, "XML", xml, 415, None).await;
+
+    // What: malformed JSON, then per provider a webhook without its call id or with a bad time.
+    let malformed = post(&url)
+        .header(CONTENT_TYPE, "application/json")
+        .body("{\"id\": ");
+    expect_refused(&bridge, "malformed JSON", malformed, 400, None).await;
+    for provider in Provider::ALL {
+        let s = first_scenario(provider);
+        let (call_fields, time_field) = call_and_time_fields(provider);
+        let no_call: Vec<(&str, Value)> = call_fields.iter().map(|f| (*f, Value::Null)).collect();
+        let cases = [
+            (
+                "without its call id",
+                spoiled(&s.webhooks[0], &no_call),
+                call_fields[0],
+            ),
+            (
+                "with a bad time",
+                spoiled(&s.webhooks[0], &[(time_field, json!("yesterday"))]),
+                time_field,
+            ),
+        ];
+        for (what, webhook, field) in cases {
+            let request = bridge.webhook(provider, &s.connection, &s.token(), &webhook);
+            expect_refused(
+                &bridge,
+                &format!("{provider} {what}"),
+                request,
+                400,
+                Some(field),
+            )
+            .await;
+        }
+    }
+    assert!(
+        recorder.events().is_empty(),
+        "refused webhooks reached the CRM:\n{}",
+        summary(&recorder.events())
+    );
+
+    // TeleCMI may send its webhook as GET with query parameters. It is accepted, queued behind
+    // everything refused above, and is all the CRM ever gets: nothing refused was queued.
+    let query_scenario = scenario::all()
+        .into_iter()
+        .find(|s| {
+            s.provider == Provider::Telecmi
+                && s.webhooks[0]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(Value::is_string)
+        })
+        .expect("a TeleCMI scenario whose webhooks are all text, as a query string carries them");
+    let query: Vec<(&String, &str)> = query_scenario.webhooks[0]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k, v.as_str().unwrap()))
+        .collect();
+    let get = client
+        .get(bridge.webhook_url("telecmi", &query_scenario.connection))
+        .query(&query)
+        .query(&[("token", query_scenario.token())]);
+    let answer = bridge.send(get).await;
+    assert_eq!(answer.status, 202, "TeleCMI GET: {}", answer.body);
+    let call = answer.body["resource_id"]
+        .as_str()
+        .expect("the answer names the resource")
+        .to_string();
+    let events = bridge
+        .settled(&recorder, "the TeleCMI GET webhook", |events| {
+            !events.is_empty()
+        })
+        .await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.resource_id() == Some(call.as_str())),
+        "the CRM got more than the TeleCMI call {call}:\n{}",
+        summary(&events)
+    );
+}
