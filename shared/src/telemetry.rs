@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +40,7 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second call (tests) keeps the first subscriber.
     let _ = match format {
