@@ -197,8 +197,8 @@ async fn workers_racing_on_one_call_lose_no_update() {
         Err(StoreError::Conflict)
     ));
 
-    // Each webhook of a call to a worker of its own, all at once (FIFO would never do this;
-    // a redrive or an operator's replay could).
+    // Each webhook of a call to two workers of its own, all at once: FIFO would never do
+    // this, but a visibility timeout running out mid-batch or a redrive can.
     let mut conflicts = 0;
     for run in &runs {
         post_all(&bridge, run, 0..run.webhooks.len()).await;
@@ -209,7 +209,7 @@ async fn workers_racing_on_one_call_lose_no_update() {
             "one receive gives the call"
         );
         let mut racing = tokio::task::JoinSet::new();
-        for message in &received {
+        for message in received.iter().chain(&received) {
             let worker = Arc::new(bridge.worker());
             let event = bridge.source.event(std::slice::from_ref(message));
             racing.spawn(async move {

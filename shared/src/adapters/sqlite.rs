@@ -416,9 +416,9 @@ impl CallStore for SqliteStore {
 
 /// The records this process last saved or read, so that the worker and the delivery task
 /// seldom read one back. Only the server writes records (`callbridge deliveries` touches parked
-/// deliveries only), so an entry is the stored record for as long as it is kept: one server per
-/// data file. A failed save drops its entry, and a newer version always wins, so a read racing
-/// a save never brings an older record back.
+/// deliveries only), so an entry is the stored record for as long as it is kept; should another
+/// process write one anyway, the conditional save finds the entry stale and drops it. A newer
+/// version always wins, so a read racing a save never brings an older record back.
 #[derive(Default)]
 struct RecordCache {
     records: Mutex<HashMap<CallKey, (CallRecord, Version)>>,
@@ -549,7 +549,7 @@ impl Readers {
 
 /// One write, run in the writer's transaction (`None`: the transaction is already lost). What
 /// it returns is called once the transaction is over, with whether it committed, so that
-/// nobody hears of a write before it is durable.
+/// nobody hears of a write before it is committed.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 type Reply = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
@@ -736,6 +736,27 @@ mod tests {
         ));
         assert_eq!(store.load(&key("c1")).await.unwrap(), Some((record, 2)));
         assert_eq!(store.load(&key("c2")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_record_changed_behind_the_cache_is_read_again_after_the_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (ours, theirs) = (
+            SqliteStore::open(&path).await.unwrap(),
+            SqliteStore::open(&path).await.unwrap(),
+        );
+        let mut record = CallRecord::new(key("c1"));
+        ours.save(&record, None).await.unwrap();
+        record.revision = 2;
+        theirs.save(&record, Some(1)).await.unwrap();
+
+        let (stale, version) = ours.load(&key("c1")).await.unwrap().unwrap();
+        assert!(matches!(
+            ours.save(&stale, Some(version)).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(ours.load(&key("c1")).await.unwrap(), Some((record, 2)));
     }
 
     #[tokio::test]

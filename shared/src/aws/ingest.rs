@@ -1,7 +1,8 @@
 //! The ingest Lambda of one provider, behind the HTTP API's route
 //! `/webhooks/{provider}/{connection_id}`: the API Gateway request becomes a
 //! [`WebhookRequest`], [`pipeline::ingest`](crate::pipeline::ingest) decides, and its
-//! [`Accepted`] or [`Rejection`] becomes the HTTP answer, with the same statuses and bodies as
+//! [`Accepted`](crate::pipeline::ingest::Accepted) or
+//! [`Rejection`](crate::pipeline::ingest::Rejection) becomes the HTTP answer, with the same statuses and bodies as
 //! the local server.
 
 use super::connections::DynamoConnections;

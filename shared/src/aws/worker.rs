@@ -1,7 +1,7 @@
 //! The worker Lambda: the SQS FIFO queue's consumer, with partial batch responses
 //! (`ReportBatchItemFailures`).
 //!
-//! Each message is applied to its call with [`pipeline::worker::apply`], which writes the
+//! Each message is applied to its call with [`worker::apply`], which writes the
 //! record (and the revision it emitted) to DynamoDB; then the record's outbox is pushed to the
 //! CRM with [`push_outbox`], and what the CRM took is written with
 //! [`CallRecord::mark_delivered`]. State is written before the push and the delivered revision
