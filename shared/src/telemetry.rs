@@ -65,7 +65,13 @@ pub fn mask_number(number: &str) -> String {
     chars
         .iter()
         .enumerate()
-        .map(|(i, c)| if i < masked && c.is_ascii_alphanumeric() { '*' } else { *c })
+        .map(|(i, c)| {
+            if i < masked && c.is_ascii_alphanumeric() {
+                '*'
+            } else {
+                *c
+            }
+        })
         .collect()
 }
 
@@ -125,7 +131,10 @@ pub struct EmfStdout;
 
 impl Metrics for EmfStdout {
     fn record(&self, measurement: &Measurement<'_>) {
-        println!("{}", emf_line(measurement, chrono::Utc::now().timestamp_millis()));
+        println!(
+            "{}",
+            emf_line(measurement, chrono::Utc::now().timestamp_millis())
+        );
     }
 }
 
@@ -150,7 +159,12 @@ impl Metrics for InMemoryMetrics {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let key = format!("{}{{{}}}", measurement.name, dimensions.join(","));
-        *self.totals.lock().expect("metrics lock").entry(key).or_default() += measurement.value;
+        *self
+            .totals
+            .lock()
+            .expect("metrics lock")
+            .entry(key)
+            .or_default() += measurement.value;
     }
 }
 
@@ -177,7 +191,10 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "Provider");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "Provider"
+        );
         assert_eq!(v["Provider"], "voys");
         assert_eq!(v["WebhooksAccepted"], 1.0);
     }
