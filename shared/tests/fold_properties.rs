@@ -3,7 +3,9 @@
 
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::Connection;
-use callbridge_shared::domain::event::{CallEvent, Direction, Ending, EventKind, Provider, Recording};
+use callbridge_shared::domain::event::{
+    CallEvent, Direction, Ending, EventKind, Provider, Recording,
+};
 use callbridge_shared::domain::fold::fold;
 use callbridge_shared::domain::record::{CallKey, CallRecord};
 use callbridge_shared::domain::resource::MorphEventType;
@@ -17,44 +19,73 @@ fn kind() -> impl Strategy<Value = EventKind> {
         Just(EventKind::Answered),
         Just(EventKind::Held),
         Just(EventKind::Progress),
-        (proptest::option::of(any::<bool>()), proptest::option::of(0u64..4000), any::<bool>()).prop_map(
-            |(answered, talk_seconds, voicemail)| EventKind::Ended(Ending { answered, talk_seconds, voicemail })
-        ),
-        "[a-z]{1,8}".prop_map(|s| EventKind::Summary { summary: json!({ "text": s }) }),
+        (
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(0u64..4000),
+            any::<bool>()
+        )
+            .prop_map(
+                |(answered, talk_seconds, voicemail)| EventKind::Ended(Ending {
+                    answered,
+                    talk_seconds,
+                    voicemail
+                })
+            ),
+        "[a-z]{1,8}".prop_map(|s| EventKind::Summary {
+            summary: json!({ "text": s })
+        }),
     ]
 }
 
 fn number() -> impl Strategy<Value = Option<String>> {
-    proptest::option::of(prop_oneof![Just("200".to_string()), Just("210".to_string()), Just("+3228992675".to_string())])
+    proptest::option::of(prop_oneof![
+        Just("200".to_string()),
+        Just("210".to_string()),
+        Just("+3228992675".to_string())
+    ])
 }
 
 fn event() -> impl Strategy<Value = CallEvent> {
     (
         0i64..600_000_000,
         kind(),
-        proptest::option::of(prop_oneof![Just(Direction::Inbound), Just(Direction::Outbound)]),
+        proptest::option::of(prop_oneof![
+            Just(Direction::Inbound),
+            Just(Direction::Outbound)
+        ]),
         number(),
         number(),
-        proptest::collection::vec(prop_oneof![Just("200".to_string()), Just("210".to_string()), Just("999".to_string())], 0..3),
+        proptest::collection::vec(
+            prop_oneof![
+                Just("200".to_string()),
+                Just("210".to_string()),
+                Just("999".to_string())
+            ],
+            0..3,
+        ),
         proptest::option::of("[a-z]{1,6}".prop_map(Recording::File)),
     )
-        .prop_map(|(offset, kind, direction, internal, external, participants, recording)| {
-            let at = Timestamp::from_micros(1_765_000_000_000_000 + offset).unwrap();
-            let mut event = CallEvent::new(Provider::Telsmart, "call-1", at, kind);
-            event.direction = direction;
-            event.internal_number = internal;
-            event.external_number = external;
-            event.participants = participants;
-            event.recording = recording;
-            // The id stands for the provider payload: derive it from the content.
-            event.id = format!("{:x}", md5ish(&serde_json::to_string(&event).unwrap()));
-            event
-        })
+        .prop_map(
+            |(offset, kind, direction, internal, external, participants, recording)| {
+                let at = Timestamp::from_micros(1_765_000_000_000_000 + offset).unwrap();
+                let mut event = CallEvent::new(Provider::Telsmart, "call-1", at, kind);
+                event.direction = direction;
+                event.internal_number = internal;
+                event.external_number = external;
+                event.participants = participants;
+                event.recording = recording;
+                // The id stands for the provider payload: derive it from the content.
+                event.id = format!("{:x}", md5ish(&serde_json::to_string(&event).unwrap()));
+                event
+            },
+        )
 }
 
 /// A content hash, so that equal events have equal ids as real payloads do.
 fn md5ish(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The events, shuffled and with some repeated, as an unreliable provider would send them.
@@ -74,7 +105,10 @@ fn scrambled() -> impl Strategy<Value = (Vec<CallEvent>, Vec<CallEvent>)> {
 }
 
 fn connection() -> Connection {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/callbridge.example.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../infra/callbridge.example.toml"
+    );
     Config::load(std::path::Path::new(path))
         .unwrap()
         .connections()
