@@ -128,6 +128,11 @@ impl ConnectionConfig {
             "connection id `{}` must be letters, digits, `-` and `_`",
             self.id
         );
+        anyhow::ensure!(
+            !(self.provider == Provider::Voys && self.account.is_some()),
+            "connection `{}`: Voys payloads name no account, so `account` cannot be checked: remove it",
+            self.id
+        );
         if let Some(secret) = &self.signing_secret {
             SigningKey::parse(secret)
                 .map_err(|e| anyhow::anyhow!("connection `{}`: {e}", self.id))?;

@@ -702,6 +702,10 @@ fn a_payload_naming_another_tenant_is_403() {
     payload["appid"] = json!(999);
     let r = refused(&request(Provider::Telecmi, &token, &body(&payload)));
     assert_eq!(r.status, 403);
+    // A connection bound to an account refuses a payload that names none.
+    payload.as_object_mut().unwrap().remove("appid");
+    let r = refused(&request(Provider::Telecmi, &token, &body(&payload)));
+    assert_eq!((r.status, r.error), (403, "wrong_account"));
     // Telsmart must name its tenant: without one the check could be slipped past.
     let token = self::token(Provider::Telsmart);
     let mut payload = webhook(Provider::Telsmart);

@@ -5,9 +5,24 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An instant in UTC, in microseconds since the Unix epoch (the finest unit any provider sends).
+/// Deserialising checks the range too, so a corrupted queue message or record cannot smuggle
+/// in an instant the formatting code cannot handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "i64", try_from = "i64")]
 pub struct Timestamp(i64);
+
+impl From<Timestamp> for i64 {
+    fn from(t: Timestamp) -> i64 {
+        t.0
+    }
+}
+
+impl TryFrom<i64> for Timestamp {
+    type Error = String;
+    fn try_from(micros: i64) -> Result<Self, String> {
+        Timestamp::from_micros(micros)
+    }
+}
 
 /// Instants before this (2000-01-01) or after [`LATEST`] (2100-01-01) are refused as invalid:
 /// no call happens then, and a value out there is a unit or parsing mistake.
@@ -93,6 +108,13 @@ mod tests {
         assert!(Timestamp::from_epoch_any_unit(i64::MAX).is_err());
         assert!(Timestamp::from_epoch_any_unit(i64::MIN).is_err());
         assert!(Timestamp::parse_rfc3339("2150-01-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn deserialising_checks_the_range() {
+        assert!(serde_json::from_str::<Timestamp>("1765209366386177").is_ok());
+        assert!(serde_json::from_str::<Timestamp>("9223372036854775807").is_err());
+        assert!(serde_json::from_str::<Timestamp>("-5").is_err());
     }
 
     #[test]

@@ -164,14 +164,26 @@ pub async fn ingest(
         read_body(request)?
     };
     let webhook = providers::parse(provider, &payload).map_err(Rejection::invalid)?;
-    if let (Some(expected), Some(named)) = (&connection.account, &webhook.account)
-        && expected != named
-    {
-        return Err(Rejection::new(
-            403,
-            "wrong_account",
-            format!("the payload names account `{named}`, which is not this connection's"),
-        ));
+    if let Some(expected) = &connection.account {
+        // A connection bound to an account takes only payloads that name it: one that names
+        // none could come from any tenant holding a leaked token.
+        match &webhook.account {
+            Some(named) if named == expected => {}
+            Some(named) => {
+                return Err(Rejection::new(
+                    403,
+                    "wrong_account",
+                    format!("the payload names account `{named}`, which is not this connection's"),
+                ));
+            }
+            None => {
+                return Err(Rejection::new(
+                    403,
+                    "wrong_account",
+                    "the payload names no account, and this connection takes only its own",
+                ));
+            }
+        }
     }
 
     let queued = QueuedWebhook {
