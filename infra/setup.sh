@@ -3,6 +3,7 @@
 # virtualenvs, so a fresh machine needs nothing by hand:
 #   .venv      moto (the AWS emulator), cfn-lint, cargo-lambda, ziglang
 #   .venv-sam  the AWS SAM CLI (its pins clash with the tools above)
+#   .venv-checkov  checkov, the template's security scan (its pins clash with both)
 # Idempotent: a venv is rebuilt only when its requirements file changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,4 @@ ensure_venv() {
 
 ensure_venv .venv infra/requirements-dev.txt
 ensure_venv .venv-sam infra/requirements-sam.txt
+ensure_venv .venv-checkov infra/requirements-checkov.txt

@@ -22,4 +22,8 @@ step "template: cfn-lint and sam validate --lint"
 cfn-lint template.yaml
 .venv-sam/bin/sam validate --lint --template-file template.yaml --region eu-west-1
 
+step "template: checkov security scan (infra/checkov.yaml; skips explained there and in the template)"
+# Offline: no download of its policy mappings from the vendor's platform.
+BC_SKIP_MAPPING=TRUE .venv-checkov/bin/checkov -f template.yaml --config-file infra/checkov.yaml
+
 echo "all checks passed" >&2

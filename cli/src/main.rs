@@ -1,6 +1,6 @@
 #[cfg(feature = "aws")]
 use callbridge::connections;
-use callbridge::{deliveries, recorder, replay, serve};
+use callbridge::{calls, deliveries, recorder, replay, serve};
 use clap::{Parser, Subcommand};
 
 /// callbridge: telephony webhooks in, Morph telephonyCall events out.
@@ -19,7 +19,10 @@ enum Command {
     Replay(replay::Args),
     /// Run a local CRM that records every Morph event it receives.
     CrmRecorder(recorder::Args),
-    /// List the deliveries the CRM refused (or that ran out of attempts), or send them again.
+    /// List the calls kept, show one with its revisions and delivery state, or erase one.
+    Calls(calls::Args),
+    /// What waits for an operator (parked deliveries; on AWS, the dead-letter queue), or send
+    /// it again.
     Deliveries(deliveries::Args),
     /// Manage the connections of an AWS deployment (its DynamoDB connections table).
     #[cfg(feature = "aws")]
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::CrmRecorder(args) => recorder::run(args).await,
+        Command::Calls(args) => calls::run(args).await,
         Command::Deliveries(args) => deliveries::run(args).await,
         #[cfg(feature = "aws")]
         Command::Connections(args) => connections::run(args).await,

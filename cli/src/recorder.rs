@@ -1,7 +1,8 @@
 //! A stand-in for Morph's event endpoint, for local runs, demos and tests: it records every
 //! event it receives with the headers Morph reads and the answer it gave, and it can be told to
-//! misbehave (be down, answer a scripted sequence, fail each idempotency key's first tries, be
-//! slow), at start or at run time.
+//! misbehave (be down, answer a scripted sequence, fail each idempotency key's first tries, choke
+//! on some calls only, drop the connection instead of answering, be slow), at start or at run
+//! time.
 //!
 //! HTTP interface:
 //!
@@ -19,7 +20,7 @@ use axum::routing::{get, post};
 use callbridge_shared::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -54,6 +55,10 @@ pub struct Args {
     /// The answer of --fail-first.
     #[arg(long, value_name = "ANSWER", default_value = "503")]
     fail_answer: Answer,
+    /// Answer every event of this resource id with ANSWER, whatever the others get, as
+    /// `RESOURCE_ID=ANSWER` (repeatable), e.g. `tc_123=503` or `tc_123=reset`.
+    #[arg(long, value_name = "RESOURCE_ID=ANSWER", value_parser = parse_resource_answer)]
+    fail_resource: Vec<(String, Answer)>,
     /// Wait this long before every answer, e.g. to exceed the bridge's `crm.timeout_ms`.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay_ms: u64,
@@ -67,6 +72,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             count,
             answer: args.fail_answer,
         }),
+        fail_resources: args.fail_resource.into_iter().collect(),
+        flaky: None,
         delay_ms: args.delay_ms,
     };
     let out = match &args.out {
@@ -99,27 +106,49 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// One answer to an event: a status, and a `Retry-After` (in seconds) if wanted.
-/// Written `STATUS[:RETRY_AFTER_SECS]` on the command line, e.g. `429:2`.
+/// Written `STATUS[:RETRY_AFTER_SECS]` on the command line, e.g. `429:2`; `reset` (status
+/// [`Answer::RESET`]) is no answer at all: the connection is closed once the request is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
+    /// Answer this late (instead of [`Behaviour::delay_ms`]); `@MS` on the command line, e.g.
+    /// `200@3000`: taken at once, answered after the bridge's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 impl Answer {
+    /// The status of [`Answer::reset`], and of a recorded event that got no answer.
+    pub const RESET: u16 = 0;
+
+    /// Close the connection without answering, as a CRM that crashes or a proxy that resets.
+    pub fn reset() -> Self {
+        Self::status(Self::RESET)
+    }
+
     pub fn status(status: u16) -> Self {
         Self {
             status,
             retry_after_secs: None,
+            delay_ms: None,
         }
     }
 
     pub fn retry_after(status: u16, secs: u64) -> Self {
         Self {
-            status,
             retry_after_secs: Some(secs),
+            ..Self::status(status)
+        }
+    }
+
+    /// `status`, answered after `ms`.
+    pub fn late(status: u16, ms: u64) -> Self {
+        Self {
+            delay_ms: Some(ms),
+            ..Self::status(status)
         }
     }
 }
@@ -127,6 +156,19 @@ impl Answer {
 impl FromStr for Answer {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((answer, ms)) = s.split_once('@') {
+            let ms = ms
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}`: the delay after `@` is whole milliseconds"))?;
+            return Ok(Self {
+                delay_ms: Some(ms),
+                ..answer.parse()?
+            });
+        }
+        if s.trim() == "reset" {
+            return Ok(Self::reset());
+        }
         let (status, retry_after) = match s.split_once(':') {
             Some((status, secs)) => (status, Some(secs)),
             None => (s, None),
@@ -136,7 +178,9 @@ impl FromStr for Answer {
             .parse()
             .ok()
             .filter(|s| (100..600).contains(s))
-            .ok_or_else(|| format!("`{s}`: expected an HTTP status, e.g. 503 or 429:2"))?;
+            .ok_or_else(|| {
+                format!("`{s}`: expected an HTTP status, e.g. 503 or 429:2, or reset")
+            })?;
         let retry_after_secs = retry_after
             .map(|secs| {
                 secs.trim()
@@ -147,18 +191,34 @@ impl FromStr for Answer {
         Ok(Self {
             status,
             retry_after_secs,
+            delay_ms: None,
         })
     }
 }
 
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.status)?;
-        match self.retry_after_secs {
-            Some(secs) => write!(f, ":{secs}"),
+        if self.status == Self::RESET {
+            f.write_str("reset")?;
+        } else {
+            write!(f, "{}", self.status)?;
+        }
+        if let Some(secs) = self.retry_after_secs {
+            write!(f, ":{secs}")?;
+        }
+        match self.delay_ms {
+            Some(ms) => write!(f, "@{ms}"),
             None => Ok(()),
         }
     }
+}
+
+/// `RESOURCE_ID=ANSWER`, for `--fail-resource`.
+fn parse_resource_answer(s: &str) -> Result<(String, Answer), String> {
+    let (id, answer) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected RESOURCE_ID=ANSWER, e.g. tc_123=503"))?;
+    Ok((id.trim().to_string(), answer.parse()?))
 }
 
 /// The first `count` requests carrying each idempotency key get `answer`.
@@ -167,6 +227,15 @@ impl fmt::Display for Answer {
 pub struct FailFirst {
     pub count: u32,
     pub answer: Answer,
+}
+
+/// One request in `one_in` gets the next of `answers`, in turn: a CRM that fails now and then,
+/// the same way on every run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flaky {
+    pub one_in: u64,
+    pub answers: Vec<Answer>,
 }
 
 /// How the recorder answers. The first rule that applies wins, in the order of the fields;
@@ -179,6 +248,10 @@ pub struct Behaviour {
     /// The next events get these answers, one each.
     pub script: VecDeque<Answer>,
     pub fail_first: Option<FailFirst>,
+    /// Every event of these resources (by `data.id`) gets its answer: a CRM that chokes on
+    /// some calls while it takes the others.
+    pub fail_resources: BTreeMap<String, Answer>,
+    pub flaky: Option<Flaky>,
     /// Every answer waits this long (the event is recorded on arrival all the same).
     pub delay_ms: u64,
 }
@@ -221,7 +294,7 @@ pub struct RecordedEvent {
     pub headers: EventHeaders,
     /// The JSON body; a body that is not JSON is kept as a string (and answered 400).
     pub body: Value,
-    /// The status answered.
+    /// The status answered; [`Answer::RESET`] (0) when the connection was closed instead.
     pub status: u16,
     /// The idempotency key had already been taken (answered 2xx): a CRM that honours the key
     /// ignores this one.
@@ -285,6 +358,8 @@ struct Memory {
     taken: HashSet<String>,
     /// Requests seen per idempotency key, for `fail_first`.
     attempts: HashMap<String, u32>,
+    /// Requests seen, for `flaky`.
+    requests: u64,
 }
 
 impl Memory {
@@ -292,9 +367,10 @@ impl Memory {
         self.events.clear();
         self.taken.clear();
         self.attempts.clear();
+        self.requests = 0;
     }
 
-    fn answer(&mut self, key: Option<&str>, body_is_json: bool) -> Answer {
+    fn answer(&mut self, key: Option<&str>, resource: Option<&str>, body_is_json: bool) -> Answer {
         let attempt = key.map(|key| {
             let attempts = self.attempts.entry(key.to_string()).or_default();
             *attempts += 1;
@@ -312,6 +388,18 @@ impl Memory {
             .filter(|fail| attempt.is_some_and(|n| n <= fail.count));
         if let Some(fail) = failing {
             return fail.answer;
+        }
+        if let Some(answer) = resource.and_then(|id| self.behaviour.fail_resources.get(id)) {
+            return *answer;
+        }
+        self.requests += 1;
+        if let Some(flaky) = &self.behaviour.flaky
+            && flaky.one_in > 0
+            && !flaky.answers.is_empty()
+            && self.requests.is_multiple_of(flaky.one_in)
+        {
+            let turn = (self.requests / flaky.one_in - 1) as usize % flaky.answers.len();
+            return flaky.answers[turn];
         }
         Answer::status(if body_is_json { 200 } else { 400 })
     }
@@ -337,7 +425,8 @@ impl Shared {
         let (answer, event) = {
             let mut memory = self.memory();
             let key = headers.idempotency_key.clone();
-            let answer = memory.answer(key.as_deref(), json.is_some());
+            let resource = json.as_ref().and_then(|j| j["data"]["id"].as_str());
+            let answer = memory.answer(key.as_deref(), resource, json.is_some());
             let duplicate = key.as_ref().is_some_and(|k| memory.taken.contains(k));
             if let Some(key) = key.filter(|_| (200..300).contains(&answer.status)) {
                 memory.taken.insert(key);
@@ -523,7 +612,14 @@ async fn take_event(
     body: Bytes,
 ) -> Response {
     let (answer, event) = shared.record(uri.path(), &headers, &body);
-    let delay = shared.memory().behaviour.delay_ms;
+    if answer.status == Answer::RESET {
+        // Unwinding ends the connection's task, which closes the socket with no answer sent;
+        // `resume_unwind` skips the panic hook, so nothing is printed.
+        std::panic::resume_unwind(Box::new("crm-recorder: reset, as it was told to"));
+    }
+    let delay = answer
+        .delay_ms
+        .unwrap_or_else(|| shared.memory().behaviour.delay_ms);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -596,6 +692,52 @@ mod tests {
         assert!("ok".parse::<Answer>().is_err());
         assert!("700".parse::<Answer>().is_err());
         assert!("429:soon".parse::<Answer>().is_err());
+        assert_eq!("reset".parse(), Ok(Answer::reset()));
+        assert_eq!(Answer::reset().to_string(), "reset");
+        assert_eq!("200@3000".parse(), Ok(Answer::late(200, 3000)));
+        assert_eq!(Answer::late(200, 3000).to_string(), "200@3000");
+        assert_eq!(
+            parse_resource_answer("tc_1=429:2"),
+            Ok(("tc_1".to_string(), Answer::retry_after(429, 2)))
+        );
+        assert!(parse_resource_answer("tc_1").is_err());
+    }
+
+    #[test]
+    fn a_flaky_crm_fails_one_request_in_n_in_turn() {
+        let mut memory = Memory {
+            behaviour: Behaviour {
+                flaky: Some(Flaky {
+                    one_in: 2,
+                    answers: vec![Answer::status(503), Answer::reset()],
+                }),
+                ..Behaviour::default()
+            },
+            ..Memory::default()
+        };
+        let statuses: Vec<u16> = (0..6)
+            .map(|_| memory.answer(Some("k"), None, true).status)
+            .collect();
+        assert_eq!(statuses, [200, 503, 200, Answer::RESET, 200, 503]);
+    }
+
+    #[tokio::test]
+    async fn a_reset_closes_the_connection_without_an_answer() {
+        let behaviour = Behaviour {
+            fail_resources: [("call_1".to_string(), Answer::reset())].into(),
+            ..Behaviour::default()
+        };
+        let recorder = Recorder::start("127.0.0.1:0", behaviour).await.unwrap();
+        let sent = reqwest::Client::new()
+            .post(recorder.url())
+            .json(&event("k"))
+            .send()
+            .await;
+        assert!(sent.is_err(), "{sent:?}");
+        assert_eq!(statuses(&recorder), [Answer::RESET]);
+        // The recorder still answers on new connections.
+        recorder.set_behaviour(Behaviour::default());
+        assert_eq!(post(&recorder, "k").await.status(), 200);
     }
 
     #[test]
@@ -608,18 +750,23 @@ mod tests {
                     count: 2,
                     answer: Answer::status(503),
                 }),
+                fail_resources: [("call_2".to_string(), Answer::status(404))].into(),
+                flaky: None,
                 delay_ms: 0,
             },
             ..Memory::default()
         };
-        assert_eq!(memory.answer(Some("k"), true).status, 502);
+        assert_eq!(memory.answer(Some("k"), None, true).status, 502);
         memory.behaviour.outage = None;
-        assert_eq!(memory.answer(Some("k"), true).status, 400);
+        assert_eq!(memory.answer(Some("k"), None, true).status, 400);
         // The two requests above were the key's first two: it goes through now.
-        assert_eq!(memory.answer(Some("k"), true).status, 200);
-        assert_eq!(memory.answer(Some("other"), true).status, 503);
-        assert_eq!(memory.answer(None, true).status, 200);
-        assert_eq!(memory.answer(None, false).status, 400);
+        assert_eq!(memory.answer(Some("k"), None, true).status, 200);
+        assert_eq!(memory.answer(Some("other"), None, true).status, 503);
+        assert_eq!(memory.answer(None, None, true).status, 200);
+        assert_eq!(memory.answer(None, None, false).status, 400);
+        // A failing resource fails on every try, the others go through.
+        assert_eq!(memory.answer(Some("k"), Some("call_2"), true).status, 404);
+        assert_eq!(memory.answer(Some("k"), Some("call_1"), true).status, 200);
     }
 
     #[tokio::test]

@@ -17,13 +17,17 @@ use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::local::{self, LocalRuntime, Settings};
+use callbridge_shared::pipeline::activation::{
+    Action, ActivationRequest, WithActivatedUsers, activation,
+};
 use callbridge_shared::pipeline::ingest::{
     self, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest,
 };
-use callbridge_shared::telemetry::{LogFormat, init_logging};
+use callbridge_shared::telemetry::{InMemoryMetrics, LogFormat, Telemetry, init_logging};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,11 +52,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
+    let metrics = Arc::new(InMemoryMetrics::default());
+    let telemetry = Telemetry::new(Arc::clone(&metrics) as _);
+    // The runtime sees the users activated through Telsmart's onboarding too.
+    let with_activated =
+        WithActivatedUsers::new(Arc::clone(&connections) as _, Arc::clone(&store) as _);
     let runtime = LocalRuntime::start(
         Arc::clone(&store),
-        Arc::clone(&connections) as _,
+        Arc::new(with_activated),
         local::crm(&config.crm)?,
         Settings::new(&config.crm),
+        telemetry.clone(),
     );
     let address = listener.local_addr()?;
     tracing::info!(
@@ -68,7 +78,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(Server { store, connections }))
+    let server = Server {
+        store,
+        connections,
+        telemetry,
+        metrics,
+    };
+    axum::serve(listener, router(server))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     runtime.stop().await;
@@ -80,12 +96,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 struct Server {
     store: Arc<SqliteStore>,
     connections: Arc<ConfigDirectory>,
+    telemetry: Telemetry,
+    /// What `telemetry` counted, for `GET /metrics`.
+    metrics: Arc<InMemoryMetrics>,
 }
 
 fn router(server: Server) -> Router {
     Router::new()
         .route("/webhooks/{provider}/{connection_id}", any(webhook))
-        .route("/health", get(health).fallback(health_method_not_allowed))
+        .route(
+            "/telsmart/{connection_id}/{action}",
+            any(telsmart_activation),
+        )
+        .route("/health", get(health).fallback(get_only))
+        .route("/metrics", get(metrics).fallback(get_only))
         .fallback(not_found)
         // Over the limit axum stops reading; `webhook` answers with our own 413.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -103,14 +127,13 @@ async fn webhook(
     let Ok(Path((provider, connection_id))) = path else {
         return not_found(method, uri).await;
     };
+    let started = Instant::now();
     let refused = |rejection: Rejection| {
-        tracing::info!(
-            provider,
-            connection = connection_id,
-            status = rejection.status,
-            error = rejection.error,
-            reason = rejection.message,
-            "webhook refused"
+        server.telemetry.webhook(
+            &provider,
+            &connection_id,
+            Err(&rejection),
+            started.elapsed(),
         );
         let allow = if provider == Provider::Telecmi.as_str() {
             "GET, POST"
@@ -136,16 +159,69 @@ async fn webhook(
     };
     match ingest::ingest(&request, &*server.connections, &*server.store, local::now()).await {
         Ok(accepted) => {
-            tracing::debug!(
-                provider,
-                connection = connection_id,
-                event_id = accepted.event_id,
-                resource_id = accepted.resource_id,
-                "webhook accepted"
-            );
+            server
+                .telemetry
+                .webhook(&provider, &connection_id, Ok(&accepted), started.elapsed());
             (StatusCode::ACCEPTED, Json(accepted)).into_response()
         }
         Err(rejection) => refused(rejection),
+    }
+}
+
+/// Telsmart's onboarding: `POST /telsmart/{connection_id}/activate` or `/deactivate`.
+async fn telsmart_activation(
+    State(server): State<Server>,
+    Path((connection_id, action)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(action) = Action::from_route(&action) else {
+        return not_found(method, uri).await;
+    };
+    let answer = match body {
+        Err(e) => Err(unreadable_body(&e)),
+        Ok(body) => {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let request = ActivationRequest {
+                connection_id: &connection_id,
+                action,
+                method: method.as_str(),
+                authorization: header(header::AUTHORIZATION.as_str()),
+                content_type: header(header::CONTENT_TYPE.as_str()),
+                body: &body,
+            };
+            activation(&request, &*server.connections, &*server.store).await
+        }
+    };
+    match answer {
+        Ok(done) => {
+            tracing::info!(
+                connection = connection_id,
+                status = done.status,
+                user_extension = done.user_extension,
+                "telsmart onboarding"
+            );
+            Json(done).into_response()
+        }
+        Err(rejection) => {
+            tracing::info!(
+                connection = connection_id,
+                status = rejection.status,
+                error = rejection.error,
+                reason = rejection.message,
+                "telsmart onboarding refused"
+            );
+            let mut response = allowing(refusal(&rejection), "POST");
+            if rejection.status == 401 {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"callbridge\""),
+                );
+            }
+            response
+        }
     }
 }
 
@@ -196,11 +272,16 @@ async fn health(State(server): State<Server>) -> Response {
     }
 }
 
-async fn health_method_not_allowed(method: Method) -> Response {
+/// What the server counted since it started (see `callbridge_shared::telemetry`).
+async fn metrics(State(server): State<Server>) -> Response {
+    Json(server.metrics.to_json()).into_response()
+}
+
+async fn get_only(method: Method, uri: Uri) -> Response {
     let rejection = Rejection::new(
         405,
         "method_not_allowed",
-        format!("/health answers GET, not {method}"),
+        format!("{} answers GET, not {method}", uri.path()),
     );
     allowing(refusal(&rejection), "GET")
 }

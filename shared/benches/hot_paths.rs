@@ -167,6 +167,22 @@ fn fold_and_envelope(c: &mut Criterion) {
                 .event
         })
         .collect();
+    // What a store writes: the record as JSON after each event (DynamoDB bills a write per
+    // started KiB of the item, a strongly consistent read per started 4 KiB).
+    let mut record = CallRecord::new(CallKey::new(&connection.id, provider, &events[0].call_key));
+    let sizes: Vec<(usize, usize)> = events
+        .iter()
+        .map(|e| {
+            record.add_event(e);
+            record.refresh(&connection);
+            let with_outbox = serde_json::to_vec(&record).unwrap().len();
+            record.mark_delivered(record.revision);
+            (with_outbox, serde_json::to_vec(&record).unwrap().len())
+        })
+        .collect();
+    println!(
+        "record bytes (with its new delivery, once delivered) after each event of {provider}: {sizes:?}"
+    );
     let (last, earlier) = events.split_last().unwrap();
     let key = CallKey::new(&connection.id, provider, &last.call_key);
     let mut before = CallRecord::new(key);

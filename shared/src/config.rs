@@ -2,7 +2,10 @@
 //! with one documented default for everything but the connections. See
 //! `infra/callbridge.example.toml`.
 
-use crate::domain::connection::{Connection, hash_token};
+use crate::domain::connection::{
+    Activation, ApiCredentials, Connection, Contacts, DeliveryMode, hash_token,
+};
+use crate::domain::contact::Country;
 use crate::domain::event::Provider;
 use crate::pipeline::signature::SigningKey;
 use serde::Deserialize;
@@ -42,6 +45,49 @@ pub struct CrmConfig {
     /// Longest delay between two attempts.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// The root of Morph's REST API (`https://api.example/`), for connections with
+    /// `delivery = "rest"`; without it (and without `url`) their requests are printed.
+    #[serde(default)]
+    pub rest_url: Option<String>,
+    /// The REST API key and secret of connections that have none of their own.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub api_secret: Option<Secret>,
+}
+
+/// A secret of the configuration file: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl CrmConfig {
+    /// The REST credentials of connections without their own.
+    pub fn api_credentials(&self) -> anyhow::Result<Option<ApiCredentials>> {
+        api_credentials("[crm]", self.api_key.as_ref(), self.api_secret.as_ref())
+    }
+}
+
+/// Both a key and a secret, or neither.
+fn api_credentials(
+    owner: &str,
+    key: Option<&Secret>,
+    secret: Option<&Secret>,
+) -> anyhow::Result<Option<ApiCredentials>> {
+    match (key, secret) {
+        (Some(key), Some(secret)) => Ok(Some(ApiCredentials {
+            api_key: key.0.clone(),
+            api_secret: secret.0.clone(),
+        })),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("{owner}: `api_key` and `api_secret` go together"),
+    }
 }
 
 impl Default for CrmConfig {
@@ -52,6 +98,9 @@ impl Default for CrmConfig {
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            rest_url: None,
+            api_key: None,
+            api_secret: None,
         }
     }
 }
@@ -80,6 +129,34 @@ pub struct ConnectionConfig {
     /// must carry a valid `webhook-signature` (see `docs/security.md`).
     #[serde(default)]
     pub signing_secret: Option<String>,
+    /// Show this connection's phone numbers in full in the logs (masked by default).
+    #[serde(default)]
+    pub log_numbers: bool,
+    /// `events` (the default) or `rest`: see `docs/crm.md`.
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// This connection's REST API key and secret, over those of `[crm]`.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub api_secret: Option<Secret>,
+    /// Phone number (any way of writing it) to Morph `genericContact` id.
+    #[serde(default)]
+    pub contacts: BTreeMap<String, String>,
+    /// Looks the other party up by number: `{number}` becomes the E.164 number.
+    #[serde(default)]
+    pub contact_lookup_url: Option<String>,
+    /// The ISO 3166 country of numbers written without a country code (`BE`).
+    #[serde(default)]
+    pub default_country: Option<String>,
+    /// Telsmart onboarding: the OAuth client id and secret of the activation requests.
+    #[serde(default)]
+    pub activation_client_id: Option<String>,
+    #[serde(default)]
+    pub activation_client_secret: Option<Secret>,
+    /// The Morph user id of an activated extension (`{user_extension}`, `{tenant_id}`).
+    #[serde(default)]
+    pub auto_user_id_template: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -147,7 +224,91 @@ impl ConnectionConfig {
             users: self.users.clone(),
             recording_url_template: self.recording_url_template.clone(),
             signing_secret: self.signing_secret.clone(),
+            log_numbers: self.log_numbers,
+            delivery: self.delivery,
+            api_credentials: api_credentials(
+                &format!("connection `{}`", self.id),
+                self.api_key.as_ref(),
+                self.api_secret.as_ref(),
+            )?,
+            contacts: self.contacts()?,
+            activation: self.activation()?,
         })
+    }
+
+    /// The contact directory, its numbers in E.164 so that any way of writing them matches.
+    fn contacts(&self) -> anyhow::Result<Contacts> {
+        let id = &self.id;
+        if let Some(country) = &self.default_country {
+            country
+                .parse::<Country>()
+                .map_err(|e| anyhow::anyhow!("connection `{id}`: `default_country` {e}"))?;
+        }
+        if let Some(url) = &self.contact_lookup_url {
+            anyhow::ensure!(
+                (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.contains("{number}"),
+                "connection `{id}`: `contact_lookup_url` must be an http(s) URL with `{{number}}` in it"
+            );
+        }
+        let mut contacts = Contacts {
+            numbers: BTreeMap::new(),
+            lookup_url: self.contact_lookup_url.clone(),
+            default_country: self.default_country.clone(),
+        };
+        for (number, contact_id) in &self.contacts {
+            let e164 = contacts.e164(number).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "connection `{id}`: contact number `{number}` is not a phone number{}",
+                    if self.default_country.is_none() {
+                        " (a national number needs `default_country`)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+            if let Some(other) = contacts.numbers.insert(e164.clone(), contact_id.clone()) {
+                anyhow::ensure!(
+                    other == *contact_id,
+                    "connection `{id}`: {e164} is both `{other}` and `{contact_id}` in `contacts`"
+                );
+            }
+        }
+        Ok(contacts)
+    }
+
+    /// Telsmart's onboarding, when all three of its keys are set.
+    fn activation(&self) -> anyhow::Result<Option<Activation>> {
+        let id = &self.id;
+        let (client_id, secret, template) = match (
+            &self.activation_client_id,
+            &self.activation_client_secret,
+            &self.auto_user_id_template,
+        ) {
+            (None, None, None) => return Ok(None),
+            (Some(client_id), Some(secret), Some(template)) => (client_id, secret, template),
+            _ => anyhow::bail!(
+                "connection `{id}`: `activation_client_id`, `activation_client_secret` and `auto_user_id_template` go together"
+            ),
+        };
+        anyhow::ensure!(
+            self.provider == Provider::Telsmart,
+            "connection `{id}`: activation requests are Telsmart's onboarding; a {} connection has none",
+            self.provider
+        );
+        anyhow::ensure!(
+            secret.0.len() >= MIN_TOKEN_LEN,
+            "connection `{id}`: `activation_client_secret` must have at least {MIN_TOKEN_LEN} characters"
+        );
+        anyhow::ensure!(
+            template.contains("{user_extension}"),
+            "connection `{id}`: `auto_user_id_template` must contain `{{user_extension}}`, or every user would be one"
+        );
+        Ok(Some(Activation {
+            client_id: client_id.clone(),
+            client_secret_hash: hash_token(&secret.0),
+            user_id_template: template.clone(),
+        }))
     }
 }
 
@@ -158,7 +319,9 @@ impl Config {
         for c in &config.connections {
             anyhow::ensure!(seen.insert(&c.id), "connection `{}` is defined twice", c.id);
             c.to_connection()?;
+            config.check_delivery(c)?;
         }
+        config.crm.api_credentials()?;
         Ok(config)
     }
 
@@ -166,6 +329,30 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// With an HTTP CRM, each connection's delivery mode needs its URL: without either URL
+    /// everything is printed, but a URL for one mode alone would print the other's silently.
+    fn check_delivery(&self, connection: &ConnectionConfig) -> anyhow::Result<()> {
+        let crm = &self.crm;
+        if crm.url.is_none() && crm.rest_url.is_none() {
+            return Ok(());
+        }
+        let (needed, key) = match connection.delivery {
+            DeliveryMode::Events => (&crm.url, "url"),
+            DeliveryMode::Rest => (&crm.rest_url, "rest_url"),
+        };
+        anyhow::ensure!(
+            needed.is_some(),
+            "connection `{}` delivers with `delivery = \"{}\"`: set `[crm] {key}` too",
+            connection.id,
+            if connection.delivery.is_events() {
+                "events"
+            } else {
+                "rest"
+            },
+        );
+        Ok(())
     }
 
     pub fn connections(&self) -> anyhow::Result<Vec<Connection>> {

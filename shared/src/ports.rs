@@ -4,10 +4,12 @@
 use crate::domain::connection::Connection;
 use crate::domain::event::{CallEvent, Provider};
 use crate::domain::record::{CallKey, CallRecord, Delivery};
+use crate::domain::rest::RestRequest;
 use crate::domain::time::Timestamp;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +60,16 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+/// Which calls an operator looks at (`callbridge calls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallFilter<'a> {
+    All,
+    /// Calls with deliveries waiting.
+    Undelivered,
+    /// The call of one resource id.
+    Resource(&'a str),
+}
+
 #[async_trait]
 pub trait CallStore: Send + Sync {
     /// The record and its version; `None` for a call never seen.
@@ -82,9 +94,61 @@ pub enum DeliveryOutcome {
         status: u16,
         body: String,
     },
+    /// A create of Morph's REST API may or may not have been taken (a timeout once sent, a
+    /// 5xx, a lost answer), and sending it again could create the call twice: park it for an
+    /// operator, who checks Morph (`docs/crm.md`).
+    Uncertain {
+        reason: String,
+    },
+}
+
+/// How Morph's REST API took one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestOutcome {
+    /// Taken; a create answers with the id Morph gave (`None`: its answer has none).
+    Taken { id: Option<String> },
+    /// Not taken, or not known to be: what to do about it, as for an event.
+    NotTaken(DeliveryOutcome),
 }
 
 #[async_trait]
 pub trait Crm: Send + Sync {
+    /// One Morph event (connections with `delivery = "events"`).
     async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome;
+
+    /// One request of Morph's REST API (connections with `delivery = "rest"`). A CRM that
+    /// takes only events refuses it.
+    async fn request(&self, _connection: &Connection, _request: &RestRequest) -> RestOutcome {
+        RestOutcome::NotTaken(DeliveryOutcome::Reject {
+            status: 501,
+            body: "this CRM takes Morph events only, not REST requests".into(),
+        })
+    }
+}
+
+/// A connection's contact lookup (`contact_lookup_url`): the CRM contact of a phone number.
+#[async_trait]
+pub trait ContactLookup: Send + Sync {
+    /// The contact id of `e164` (`None`: the lookup knows no contact for it); an error when
+    /// the lookup could not answer.
+    async fn contact(&self, connection: &Connection, e164: &str) -> anyhow::Result<Option<String>>;
+}
+
+/// The users activated through Telsmart's onboarding, per connection: extension to Morph
+/// user id. They join the connection's `users` directory.
+#[async_trait]
+pub trait UserDirectory: Send + Sync {
+    async fn activated_users(
+        &self,
+        connection_id: &str,
+    ) -> anyhow::Result<BTreeMap<String, String>>;
+    /// Adds or replaces an extension's user.
+    async fn activate(
+        &self,
+        connection_id: &str,
+        extension: &str,
+        user_id: &str,
+    ) -> anyhow::Result<()>;
+    /// Removes an extension; nothing happens when it was not activated.
+    async fn deactivate(&self, connection_id: &str, extension: &str) -> anyhow::Result<()>;
 }

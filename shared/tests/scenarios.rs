@@ -6,6 +6,7 @@
 //! - shuffled, with every webhook repeated up to three times, the same final resources, one
 //!   `created` per resource and no `updated` that repeats the previous revision.
 
+use callbridge_shared::adapters::contact_http::HttpContactLookup;
 use callbridge_shared::adapters::memory::MemoryStore;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::Connection;
@@ -97,7 +98,9 @@ fn run(scenario: &Scenario, connection: &Connection, order: &[usize]) -> Deliver
                 event: webhook.event,
                 raw: payload.clone(),
             };
-            let applied = worker::apply(&store, connection, &queued).await.unwrap();
+            let applied = worker::apply(&store, connection, &HttpContactLookup::default(), &queued)
+                .await
+                .unwrap();
             for key in applied.to_deliver {
                 let (mut record, version) = store.load(&key).await.unwrap().unwrap();
                 for d in &record.outbox {

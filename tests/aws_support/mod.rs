@@ -6,7 +6,6 @@
 pub mod emulator;
 pub mod lambda;
 
-use callbridge_shared::adapters::crm_http::HttpCrm;
 use callbridge_shared::aws::aws_config::SdkConfig;
 use callbridge_shared::aws::aws_sdk_dynamodb::Client as DynamoClient;
 use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
@@ -80,8 +79,7 @@ impl AwsBridge {
 
     /// The CRM of the template's settings.
     pub fn crm(&self) -> Arc<dyn Crm> {
-        let settings = self.worker_settings();
-        Arc::new(HttpCrm::new(&settings.crm_url, settings.crm_timeout).expect("an HTTP client"))
+        Arc::new(self.worker_settings().crm().expect("an HTTP client"))
     }
 
     /// A worker (a container of the worker function) delivering through `crm`.

@@ -112,6 +112,36 @@ impl Setup {
         std::fs::write(&config, text).expect("the test config is written");
         Self { dir, config }
     }
+
+    /// Runs `callbridge deliveries <args> --config <this config>` and returns what it printed
+    /// on stdout; panics, with what it printed, when it fails.
+    pub async fn deliveries(&self, args: &[&str]) -> String {
+        let run = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+            .arg("deliveries")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .await
+            .expect("callbridge deliveries runs");
+        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(
+            run.status.success(),
+            "callbridge deliveries {args:?} failed ({}):\n{stdout}{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+        stdout
+    }
+
+    /// The parked deliveries, as `callbridge deliveries list` prints them.
+    pub async fn parked(&self) -> Vec<Value> {
+        self.deliveries(&["list"])
+            .await
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
 }
 
 /// Where a connection's table starts (and not a comment that names it).
@@ -327,6 +357,12 @@ impl Sender {
             self.wait_health("the webhook applied", DELIVERY_TIMEOUT, &["queued"])
                 .await;
         }
+    }
+
+    /// `/health`'s answer: `queued`, `undelivered_calls`, `parked`, ...
+    pub async fn health(&self) -> Answer {
+        self.send(self.client.get(format!("{}/health", self.url)))
+            .await
     }
 
     /// Polls `/health` until each of `counts` is 0; panics, with the last answer and what the

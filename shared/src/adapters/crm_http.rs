@@ -1,11 +1,14 @@
-//! The CRM over HTTP: one Morph event per POST, with the headers Morph reads.
+//! The CRM over HTTP: one Morph event per POST, with the headers Morph reads; and, for
+//! connections in REST mode, the requests of Morph's REST API.
 
-use crate::domain::connection::Connection;
+use crate::domain::connection::{ApiCredentials, Connection};
 use crate::domain::record::Delivery;
-use crate::ports::{Crm, DeliveryOutcome};
+use crate::domain::rest::{RestMethod, RestRequest};
+use crate::ports::{Crm, DeliveryOutcome, RestOutcome};
 use async_trait::async_trait;
-use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
+use reqwest::{Response, StatusCode};
+use serde::Deserialize;
 use std::time::Duration;
 
 /// Longest CRM answer (in characters) kept for a parked delivery.
@@ -13,12 +16,39 @@ const MAX_ANSWER_CHARS: usize = 2048;
 
 pub struct HttpCrm {
     client: reqwest::Client,
-    url: String,
+    /// Where the events go; `None`: a deployment that writes over REST only.
+    events_url: Option<String>,
+    rest: Option<RestApi>,
+}
+
+/// Where Morph's REST API is, and the credentials of connections without their own.
+#[derive(Clone, Debug)]
+pub struct RestApi {
+    /// The API's root; requests go to `{base_url}/v1/resources/...`.
+    pub base_url: String,
+    pub credentials: Option<ApiCredentials>,
+}
+
+/// A create's answer: `{"object": "resourceRef", "model", "id", "remote": {"id"}}`; only the
+/// id matters here.
+#[derive(Deserialize)]
+struct ResourceRefAnswer {
+    id: String,
 }
 
 impl HttpCrm {
     /// `url` receives every event; `timeout` bounds each request, connection included.
     pub fn new(url: impl Into<String>, timeout: Duration) -> anyhow::Result<Self> {
+        Self::build(Some(url.into()), None, timeout)
+    }
+
+    /// Events to `events_url`, REST requests to `rest`; either may be absent, and what goes
+    /// nowhere is refused (the configuration check makes that a mistake of the operator).
+    pub fn build(
+        events_url: Option<String>,
+        rest: Option<RestApi>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
@@ -26,7 +56,8 @@ impl HttpCrm {
             .build()?;
         Ok(Self {
             client,
-            url: url.into(),
+            events_url,
+            rest,
         })
     }
 }
@@ -34,50 +65,159 @@ impl HttpCrm {
 #[async_trait]
 impl Crm for HttpCrm {
     async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome {
+        let Some(url) = &self.events_url else {
+            return not_configured("events", "crm.url (CRM_URL)");
+        };
         let request = morph_headers(connection, delivery)
             .into_iter()
-            .fold(self.client.post(&self.url), |request, (name, value)| {
+            .fold(self.client.post(url), |request, (name, value)| {
                 request.header(name, value)
             });
-        let sent = request.json(&delivery.body).send().await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => {
-                return DeliveryOutcome::Retry {
-                    reason: describe(&e),
-                    retry_after: None,
-                };
-            }
-        };
-        let status = response.status();
-        if status.is_success() {
-            return DeliveryOutcome::Delivered;
-        }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(MAX_ANSWER_CHARS)
-            .collect();
-        if is_permanent(status) {
-            DeliveryOutcome::Reject {
-                status: status.as_u16(),
-                body,
-            }
-        } else {
-            DeliveryOutcome::Retry {
-                reason: format!("HTTP {}", status.as_u16()),
-                retry_after,
-            }
+        match request.json(&delivery.body).send().await {
+            Ok(response) if response.status().is_success() => DeliveryOutcome::Delivered,
+            Ok(response) => refusal(response).await,
+            Err(e) => DeliveryOutcome::Retry {
+                reason: describe(&e),
+                retry_after: None,
+            },
         }
     }
+
+    async fn request(&self, connection: &Connection, request: &RestRequest) -> RestOutcome {
+        let Some(rest) = &self.rest else {
+            return RestOutcome::NotTaken(not_configured(
+                "REST requests",
+                "crm.rest_url (CRM_REST_URL)",
+            ));
+        };
+        let Some(credentials) = connection
+            .api_credentials
+            .as_ref()
+            .or(rest.credentials.as_ref())
+        else {
+            return RestOutcome::NotTaken(DeliveryOutcome::Reject {
+                status: 401,
+                body: format!(
+                    "connection `{}` has no REST API key and secret, and the deployment none either",
+                    connection.id
+                ),
+            });
+        };
+        let url = format!("{}{}", rest.base_url.trim_end_matches('/'), request.path);
+        let method = match request.method {
+            RestMethod::Post => reqwest::Method::POST,
+            RestMethod::Patch => reqwest::Method::PATCH,
+        };
+        let sent = rest_headers(connection, credentials)
+            .into_iter()
+            .fold(self.client.request(method, url), |r, (name, value)| {
+                r.header(name, value)
+            })
+            .json(&request.body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // Never connected: the request surely did not reach Morph.
+            Err(e) if e.is_connect() => {
+                return RestOutcome::NotTaken(DeliveryOutcome::Retry {
+                    reason: describe(&e),
+                    retry_after: None,
+                });
+            }
+            Err(e) => return RestOutcome::NotTaken(lost(request, describe(&e))),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            if request.is_create() && may_have_been_done(status) {
+                return RestOutcome::NotTaken(lost(request, format!("HTTP {}", status.as_u16())));
+            }
+            return RestOutcome::NotTaken(refusal(response).await);
+        }
+        if !request.is_create() {
+            return RestOutcome::Taken { id: None };
+        }
+        // A create's answer that does not read leaves `id` empty: Morph made something we
+        // cannot name, which the pipeline treats as uncertain.
+        let id = response
+            .json::<ResourceRefAnswer>()
+            .await
+            .ok()
+            .map(|answer| answer.id)
+            .filter(|id| !id.is_empty());
+        RestOutcome::Taken { id }
+    }
+}
+
+/// A request whose fate is unknown: an update is safe to send again, a create is not.
+fn lost(request: &RestRequest, reason: String) -> DeliveryOutcome {
+    if request.is_create() {
+        DeliveryOutcome::Uncertain {
+            reason: format!(
+                "the create of the {} got no answer ({reason}): Morph may have made it",
+                request.model
+            ),
+        }
+    } else {
+        DeliveryOutcome::Retry {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// A 5xx may come after the work was done; 503 is the one that says it was not.
+fn may_have_been_done(status: StatusCode) -> bool {
+    status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE
+}
+
+fn not_configured(what: &str, setting: &str) -> DeliveryOutcome {
+    DeliveryOutcome::Reject {
+        status: 501,
+        body: format!("this deployment sends no {what}: set {setting}"),
+    }
+}
+
+/// What an answer other than 2xx means: try again, or give up with Morph's answer.
+async fn refusal(response: Response) -> DeliveryOutcome {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_ANSWER_CHARS)
+        .collect();
+    if is_permanent(status) {
+        DeliveryOutcome::Reject {
+            status: status.as_u16(),
+            body,
+        }
+    } else {
+        DeliveryOutcome::Retry {
+            reason: format!("HTTP {}", status.as_u16()),
+            retry_after,
+        }
+    }
+}
+
+/// The headers of Morph's REST API, as `(name, value)`. Only ever sent, never logged.
+fn rest_headers<'a>(
+    connection: &'a Connection,
+    credentials: &'a ApiCredentials,
+) -> [(&'static str, &'a str); 4] {
+    [
+        ("x-api-key", &credentials.api_key),
+        ("x-api-secret", &credentials.api_secret),
+        ("x-connector-id", &connection.connector_id),
+        ("x-owner-id", &connection.owner_id),
+    ]
 }
 
 /// The headers Morph reads with an event, as `(name, value)`.

@@ -1,6 +1,7 @@
 //! The I/O behind the [`crate::ports`] traits.
 
 pub mod config_directory;
+pub mod contact_http;
 pub mod crm_http;
 pub mod memory;
 pub mod sqlite;

@@ -19,10 +19,12 @@
 //! Checkpoints run on a thread of their own (`Checkpointer`): SQLite's automatic ones run
 //! inside a commit and made the slowest commits ten times slower.
 
+mod users;
+
 use crate::domain::event::Provider;
 use crate::domain::record::{CallKey, CallRecord};
 use crate::domain::time::Timestamp;
-use crate::ports::{CallStore, Queue, QueuedWebhook, StoreError, Version};
+use crate::ports::{CallFilter, CallStore, Queue, QueuedWebhook, StoreError, Version};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -64,6 +66,13 @@ CREATE TABLE IF NOT EXISTS parked (
     crm_status INTEGER,
     crm_answer TEXT,
     parked_at INTEGER NOT NULL
+);
+-- Telsmart users activated through the onboarding requests (`users.rs`).
+CREATE TABLE IF NOT EXISTS activated_users (
+    connection_id TEXT NOT NULL,
+    extension TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (connection_id, extension)
 );
 ";
 
@@ -208,6 +217,36 @@ impl SqliteStore {
                 .collect()
             })
             .await
+    }
+
+    /// Up to `limit` calls, the latest first, as the file holds them: operators' commands may
+    /// run beside a server, whose writes this process's cache would not see.
+    pub async fn stored_calls(
+        &self,
+        filter: CallFilter<'_>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<CallRecord>> {
+        let (resource_id, undelivered_only) = match filter {
+            CallFilter::All => (None, false),
+            CallFilter::Undelivered => (None, true),
+            CallFilter::Resource(id) => (Some(id.to_owned()), false),
+        };
+        let rows = self
+            .readers
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT record FROM calls WHERE (?1 IS NULL OR resource_id = ?1) \
+                     AND (NOT ?2 OR undelivered) ORDER BY rowid DESC LIMIT ?3",
+                )?
+                .query_map(params![resource_id, undelivered_only, limit], |row| {
+                    row.get::<_, String>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.iter()
+            .map(|json| Ok(serde_json::from_str(json)?))
+            .collect()
     }
 
     /// Parks a delivery; it replaces whatever was parked for its call.
@@ -808,6 +847,7 @@ mod tests {
             event: crate::domain::resource::MorphEventType::Created,
             idempotency_key: format!("{}-r1", record.resource_id),
             body: serde_json::json!({}),
+            received_at: None,
         });
         store.save(&record, None).await.unwrap();
         assert_eq!(store.undelivered_calls().await.unwrap(), [key("c1")]);

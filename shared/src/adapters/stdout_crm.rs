@@ -1,11 +1,12 @@
-//! A CRM that prints each Morph event as one JSON line with its headers: what the local server
-//! does without `crm.url`, so a newcomer sees the events. Nothing else may write to standard
+//! A CRM that prints each Morph event (or REST request) as one JSON line with its headers: what
+//! the local server does without `crm.url` and `crm.rest_url`, so a newcomer sees the events. Nothing else may write to standard
 //! output then (logs go to standard error).
 
 use super::crm_http::morph_headers;
 use crate::domain::connection::Connection;
 use crate::domain::record::Delivery;
-use crate::ports::{Crm, DeliveryOutcome};
+use crate::domain::rest::{RestMethod, RestRequest, digest};
+use crate::ports::{Crm, DeliveryOutcome, RestOutcome};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::pin::Pin;
@@ -43,22 +44,56 @@ fn line(connection: &Connection, delivery: &Delivery) -> Vec<u8> {
     line.into_bytes()
 }
 
-#[async_trait]
-impl Crm for StdoutCrm {
-    async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome {
-        let line = line(connection, delivery);
+/// One line for a REST request: `{"headers": {...}, "request": {"method", "path", "body"}}`,
+/// without the API key and secret.
+fn rest_line(connection: &Connection, request: &RestRequest) -> Vec<u8> {
+    let method = match request.method {
+        RestMethod::Post => "POST",
+        RestMethod::Patch => "PATCH",
+    };
+    let mut line = json!({
+        "headers": { "x-connector-id": connection.connector_id, "x-owner-id": connection.owner_id },
+        "request": { "method": method, "path": request.path, "body": request.body },
+    })
+    .to_string();
+    line.push('\n');
+    line.into_bytes()
+}
+
+impl StdoutCrm {
+    async fn print(&self, line: &[u8]) -> Result<(), DeliveryOutcome> {
         let mut out = self.out.lock().await;
-        match async {
-            out.write_all(&line).await?;
+        async {
+            out.write_all(line).await?;
             out.flush().await
         }
         .await
-        {
+        .map_err(|e| DeliveryOutcome::Retry {
+            reason: format!("cannot write to standard output: {e}"),
+            retry_after: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Crm for StdoutCrm {
+    async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome {
+        match self.print(&line(connection, delivery)).await {
             Ok(()) => DeliveryOutcome::Delivered,
-            Err(e) => DeliveryOutcome::Retry {
-                reason: format!("cannot write to standard output: {e}"),
-                retry_after: None,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Prints the request; a create is answered with an id made from its body, so a dry run
+    /// goes on to the updates as against Morph.
+    async fn request(&self, connection: &Connection, request: &RestRequest) -> RestOutcome {
+        match self.print(&rest_line(connection, request)).await {
+            Ok(()) => RestOutcome::Taken {
+                id: request
+                    .is_create()
+                    .then(|| format!("printed_{}", digest(&request.body))),
             },
+            Err(outcome) => RestOutcome::NotTaken(outcome),
         }
     }
 }
@@ -94,6 +129,7 @@ mod tests {
             event: MorphEventType::Updated,
             idempotency_key: "res-r3".into(),
             body: json!({ "type": "telephonyCall::updated" }),
+            received_at: None,
         };
 
         assert_eq!(

@@ -6,13 +6,14 @@
 //! | `record` | S | the [`CallRecord`] as JSON, outbox included |
 //! | `version` | N | bumped by every write; a write succeeds only over the version it read |
 //! | `pending` | N | deliveries in the outbox, for operators looking for stuck calls |
+//! | `resource_id` | S | the call's resource id, for operators looking for a call the CRM names |
 //! | `expires_at` | N | epoch seconds; the table's TTL attribute, pushed back by every write |
 //!
 //! The revision the CRM has is implicit: everything before the outbox.
 
 use super::usage::Usage;
 use crate::domain::record::{CallKey, CallRecord};
-use crate::ports::{CallStore, StoreError, Version};
+use crate::ports::{CallFilter, CallStore, StoreError, Version};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -25,6 +26,7 @@ const KEY: &str = "call";
 const RECORD: &str = "record";
 const VERSION: &str = "version";
 const PENDING: &str = "pending";
+const RESOURCE_ID: &str = "resource_id";
 const EXPIRES_AT: &str = "expires_at";
 
 pub struct DynamoCalls {
@@ -55,6 +57,59 @@ impl DynamoCalls {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         (now + self.retention).as_secs()
+    }
+}
+
+impl DynamoCalls {
+    /// Up to `limit` calls, in no particular order. A scan, page by page: the table has no
+    /// index, as every step of the pipeline reads a call by its key and only operators look
+    /// for calls otherwise, seldom.
+    pub async fn scan(
+        &self,
+        filter: CallFilter<'_>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<CallRecord>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .projection_expression("#record")
+                .expression_attribute_names("#record", RECORD)
+                .set_exclusive_start_key(start);
+            let scan = match filter {
+                CallFilter::All => scan,
+                CallFilter::Undelivered => scan
+                    .filter_expression("#pending > :none")
+                    .expression_attribute_names("#pending", PENDING)
+                    .expression_attribute_values(":none", number(0)),
+                CallFilter::Resource(id) => scan
+                    .filter_expression("#resource_id = :id")
+                    .expression_attribute_names("#resource_id", RESOURCE_ID)
+                    .expression_attribute_values(":id", AttributeValue::S(id.into())),
+            };
+            let page = scan.send().await.map_err(|e| {
+                anyhow::anyhow!("cannot scan {}: {}", self.table, DisplayErrorContext(&e))
+            })?;
+            for item in page.items() {
+                let record = item
+                    .get(RECORD)
+                    .and_then(|v| v.as_s().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("an item of {} has no `{RECORD}`", self.table)
+                    })?;
+                found.push(serde_json::from_str(record)?);
+                if found.len() == limit {
+                    return Ok(found);
+                }
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
     }
 }
 
@@ -111,6 +166,10 @@ impl CallStore for DynamoCalls {
             (RECORD.to_string(), AttributeValue::S(json)),
             (VERSION.to_string(), number(version)),
             (PENDING.to_string(), number(record.outbox.len() as u64)),
+            (
+                RESOURCE_ID.to_string(),
+                AttributeValue::S(record.resource_id.clone()),
+            ),
             (EXPIRES_AT.to_string(), number(self.expires_at())),
         ]);
         self.usage.call_write(item_bytes(&item));

@@ -8,7 +8,8 @@ use crate::domain::connection::Connection;
 use crate::ports::ConnectionDirectory;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -67,12 +68,115 @@ impl DynamoConnections {
         Ok(())
     }
 
+    /// Creates a connection; an error if its id is taken.
+    pub async fn create(&self, connection: &Connection) -> anyhow::Result<()> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(KEY, AttributeValue::S(connection.id.clone()))
+            .item(
+                CONNECTION,
+                AttributeValue::S(serde_json::to_string(connection)?),
+            )
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", KEY);
+        match put.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => {
+                anyhow::bail!("there is a connection `{}` already", connection.id)
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot write connection `{}` to {}: {}",
+                connection.id,
+                self.table,
+                DisplayErrorContext(&e)
+            )),
+        }
+    }
+
+    /// Changes a stored connection with `change`, over exactly what was read: a change made
+    /// meanwhile by someone else is read again and `change` runs on it.
+    pub async fn update(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Connection) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Connection> {
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            let (mut connection, read) = self
+                .read_json(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("there is no connection `{id}`"))?;
+            change(&mut connection)?;
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(KEY, AttributeValue::S(id.to_string()))
+                .item(
+                    CONNECTION,
+                    AttributeValue::S(serde_json::to_string(&connection)?),
+                )
+                .condition_expression("#connection = :read")
+                .expression_attribute_names("#connection", CONNECTION)
+                .expression_attribute_values(":read", AttributeValue::S(read));
+            match put.send().await {
+                Ok(_) => {
+                    self.cache().remove(id);
+                    return Ok(connection);
+                }
+                Err(e) if is_condition_failure(&e) => continue,
+                Err(e) => anyhow::bail!(
+                    "cannot write connection `{id}` to {}: {}",
+                    self.table,
+                    DisplayErrorContext(&e)
+                ),
+            }
+        }
+        anyhow::bail!("connection `{id}` kept changing under us ({TRIES} tries)")
+    }
+
+    /// Every connection, by id.
+    pub async fn list(&self) -> anyhow::Result<Vec<Connection>> {
+        let mut connections = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot scan {}: {}", self.table, DisplayErrorContext(&e))
+                })?;
+            for item in page.items() {
+                connections.push(parse(item)?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                connections.sort_by(|a, b| a.id.cmp(&b.id));
+                return Ok(connections);
+            }
+        }
+    }
+
     fn cache(&self) -> MutexGuard<'_, Cache> {
         // The cache holds plain data: still good after a panic elsewhere.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn read(&self, id: &str) -> anyhow::Result<Option<Arc<Connection>>> {
+        Ok(self
+            .read_json(id)
+            .await?
+            .map(|(connection, _)| Arc::new(connection)))
+    }
+
+    /// The connection and the JSON it was read from.
+    async fn read_json(&self, id: &str) -> anyhow::Result<Option<(Connection, String)>> {
         self.usage.connection_read();
         let output = self
             .client
@@ -91,15 +195,30 @@ impl DynamoConnections {
         let Some(item) = output.item else {
             return Ok(None);
         };
-        let json = item
-            .get(CONNECTION)
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| anyhow::anyhow!("connection `{id}`: the item has no `{CONNECTION}`"))?;
-        let connection: Connection = serde_json::from_str(json).map_err(|e| {
-            anyhow::anyhow!("connection `{id}`: the stored connection does not read: {e}")
-        })?;
-        Ok(Some(Arc::new(connection)))
+        let json = stored_json(&item)?;
+        Ok(Some((parse(&item)?, json.to_string())))
     }
+}
+
+/// The `connection` attribute of an item.
+fn stored_json(item: &HashMap<String, AttributeValue>) -> anyhow::Result<&str> {
+    let id = item.get(KEY).and_then(|v| v.as_s().ok());
+    item.get(CONNECTION)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| anyhow::anyhow!("connection {id:?}: the item has no `{CONNECTION}`"))
+}
+
+fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Connection> {
+    serde_json::from_str(stored_json(item)?).map_err(|e| {
+        let id = item.get(KEY).and_then(|v| v.as_s().ok());
+        anyhow::anyhow!("connection {id:?}: the stored connection does not read: {e}")
+    })
+}
+
+fn is_condition_failure<R>(e: &SdkError<PutItemError, R>) -> bool {
+    e.as_service_error()
+        .is_some_and(PutItemError::is_conditional_check_failed_exception)
 }
 
 #[async_trait]

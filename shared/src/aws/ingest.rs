@@ -3,21 +3,26 @@
 //! [`WebhookRequest`], [`pipeline::ingest`](crate::pipeline::ingest) decides, and its
 //! [`Accepted`](crate::pipeline::ingest::Accepted) or
 //! [`Rejection`](crate::pipeline::ingest::Rejection) becomes the HTTP answer, with the same statuses and bodies as
-//! the local server.
+//! the local server. Telsmart's function also takes Telsmart's onboarding requests, at
+//! `/telsmart/{connection_id}/activate` and `/deactivate` ([`crate::pipeline::activation`]).
 
 use super::connections::DynamoConnections;
 use super::queue::SqsQueue;
 use super::usage::{Usage, UsageCounts};
+use super::users::DynamoUsers;
 use super::{process_env, required};
 use crate::domain::event::Provider;
 use crate::local::now;
-use crate::pipeline::ingest::{SignatureHeaders, WebhookRequest, ingest};
+use crate::pipeline::activation::{Action, ActivationRequest, activation};
+use crate::pipeline::ingest::{Rejection, SignatureHeaders, WebhookRequest, ingest};
+use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use aws_config::SdkConfig;
-use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where the ingest functions find things; the template sets these variables.
 #[derive(Clone, Debug)]
@@ -26,6 +31,8 @@ pub struct IngestSettings {
     pub connections_table: String,
     /// `QUEUE_URL`
     pub queue_url: String,
+    /// `USERS_TABLE` (Telsmart's function only): where its activation routes write.
+    pub users_table: Option<String>,
 }
 
 impl IngestSettings {
@@ -34,6 +41,7 @@ impl IngestSettings {
         Ok(Self {
             connections_table: required(&vars, "CONNECTIONS_TABLE")?,
             queue_url: required(&vars, "QUEUE_URL")?,
+            users_table: vars("USERS_TABLE").filter(|table| !table.is_empty()),
         })
     }
 }
@@ -43,16 +51,24 @@ pub struct Ingest {
     provider: Provider,
     connections: DynamoConnections,
     queue: SqsQueue,
+    /// The users activated through Telsmart's onboarding, when this function takes it.
+    users: Option<DynamoUsers>,
     usage: Arc<Usage>,
+    telemetry: Telemetry,
 }
 
 impl Ingest {
     pub fn new(provider: Provider, aws: &SdkConfig, settings: &IngestSettings) -> Self {
         let usage = Arc::new(Usage::default());
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         Self {
             provider,
+            users: settings
+                .users_table
+                .as_ref()
+                .map(|table| DynamoUsers::new(dynamodb.clone(), table, usage.clone())),
             connections: DynamoConnections::new(
-                aws_sdk_dynamodb::Client::new(aws),
+                dynamodb,
                 &settings.connections_table,
                 usage.clone(),
             ),
@@ -62,14 +78,21 @@ impl Ingest {
                 usage.clone(),
             ),
             usage,
+            telemetry: Telemetry::new(Arc::new(EmfStdout::from_env())),
         }
+    }
+
+    /// Counts into `metrics` rather than CloudWatch's EMF lines.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.telemetry = Telemetry::new(metrics);
+        self
     }
 
     /// The handler as the template configures it: settings from the environment, AWS clients
     /// from the Lambda role.
     pub async fn from_env(provider: Provider) -> anyhow::Result<Self> {
         let settings = IngestSettings::from_vars(process_env)?;
-        let aws = aws_config::load_from_env().await;
+        let aws = super::sdk::config().await;
         Ok(Self::new(provider, &aws, &settings))
     }
 
@@ -80,8 +103,11 @@ impl Ingest {
 
     /// One webhook. Every outcome is an HTTP answer: a refusal is the sender's to fix, and
     /// an AWS outage is a 503 the provider retries. As the local server, a 405 says which
-    /// methods would do, and refusals are logged at `info`, acceptances at `debug`.
+    /// methods would do, and every webhook is logged and counted by [`Telemetry::webhook`].
     pub async fn handle(&self, request: Request) -> Result<Response<Body>, Error> {
+        if let Some(onboarding) = self.onboarding_route(&request) {
+            return Ok(self.onboarding(&request, onboarding).await);
+        }
         let header = |name: &str| {
             request
                 .headers()
@@ -102,29 +128,17 @@ impl Ingest {
             body: request.body().as_ref(),
             signature: SignatureHeaders::from_lookup(header),
         };
+        let started = Instant::now();
         let answer = ingest(&webhook, &self.connections, &self.queue, now()).await;
-        let provider = webhook.provider;
-        let connection = webhook.connection_id;
+        self.telemetry.webhook(
+            webhook.provider,
+            webhook.connection_id,
+            answer.as_ref(),
+            started.elapsed(),
+        );
         Ok(match answer {
-            Ok(accepted) => {
-                tracing::debug!(
-                    provider,
-                    connection,
-                    event_id = accepted.event_id,
-                    resource_id = accepted.resource_id,
-                    "webhook accepted"
-                );
-                json_response(StatusCode::ACCEPTED, &accepted)
-            }
+            Ok(accepted) => json_response(StatusCode::ACCEPTED, &accepted),
             Err(rejection) => {
-                tracing::info!(
-                    provider,
-                    connection,
-                    status = rejection.status,
-                    error = rejection.error,
-                    message = rejection.message,
-                    "webhook refused"
-                );
                 let status = StatusCode::from_u16(rejection.status)
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut response = json_response(status, &rejection.body());
@@ -141,6 +155,89 @@ impl Ingest {
                 response
             }
         })
+    }
+}
+
+impl Ingest {
+    /// The connection and action of Telsmart's `/telsmart/{connection_id}/activate` and
+    /// `/deactivate` routes, on Telsmart's function.
+    fn onboarding_route<'r>(&self, request: &'r Request) -> Option<(&'r str, Action)> {
+        if self.provider != Provider::Telsmart {
+            return None;
+        }
+        let (connection_id, action) = request
+            .uri()
+            .path()
+            .strip_prefix("/telsmart/")?
+            .split_once('/')?;
+        Some((connection_id, Action::from_route(action)?))
+    }
+
+    /// An activation or deactivation, answered as the local server answers it.
+    async fn onboarding(
+        &self,
+        request: &Request,
+        (connection_id, action): (&str, Action),
+    ) -> Response<Body> {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let answer = match &self.users {
+            Some(users) => {
+                let onboarding = ActivationRequest {
+                    connection_id,
+                    action,
+                    method: request.method().as_str(),
+                    authorization: header(AUTHORIZATION.as_str()),
+                    content_type: header(CONTENT_TYPE.as_str()),
+                    body: request.body().as_ref(),
+                };
+                activation(&onboarding, &self.connections, users).await
+            }
+            None => Err(Rejection::new(
+                404,
+                "activation_not_configured",
+                "this function has no USERS_TABLE: the template gives it to Telsmart's",
+            )),
+        };
+        match answer {
+            Ok(done) => {
+                tracing::info!(
+                    connection = connection_id,
+                    status = done.status,
+                    user_extension = done.user_extension,
+                    "telsmart onboarding"
+                );
+                json_response(StatusCode::OK, &done)
+            }
+            Err(rejection) => {
+                tracing::info!(
+                    connection = connection_id,
+                    status = rejection.status,
+                    error = rejection.error,
+                    reason = rejection.message,
+                    "telsmart onboarding refused"
+                );
+                let status = StatusCode::from_u16(rejection.status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = json_response(status, &rejection.body());
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"callbridge\""),
+                    );
+                }
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    response
+                        .headers_mut()
+                        .insert(ALLOW, HeaderValue::from_static("POST"));
+                }
+                response
+            }
+        }
     }
 }
 

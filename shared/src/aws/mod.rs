@@ -8,6 +8,8 @@
 //!   DynamoDB ([`calls::DynamoCalls`]) and the record's outbox is pushed to the CRM.
 //! - [`connections::DynamoConnections`]: the connections, read by both, written by
 //!   `callbridge connections import`.
+//! - [`users::DynamoUsers`]: the users activated through Telsmart's onboarding, written by
+//!   the Telsmart ingest function, read by the worker.
 //!
 //! Every adapter counts what it asks of AWS in a shared [`Usage`], so tests can assert the cost
 //! of an event and a benchmark can price it.
@@ -18,7 +20,9 @@ pub mod calls;
 pub mod connections;
 pub mod ingest;
 pub mod queue;
+pub mod sdk;
 pub mod usage;
+pub mod users;
 pub mod worker;
 
 pub use aws_config;

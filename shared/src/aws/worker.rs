@@ -23,15 +23,19 @@
 use super::calls::DynamoCalls;
 use super::connections::DynamoConnections;
 use super::usage::{Usage, UsageCounts};
+use super::users::DynamoUsers;
 use super::{number_or, process_env, required};
-use crate::adapters::crm_http::HttpCrm;
-use crate::domain::connection::Connection;
+use crate::adapters::contact_http::HttpContactLookup;
+use crate::adapters::crm_http::{HttpCrm, RestApi};
+use crate::domain::connection::{ApiCredentials, Connection};
 use crate::domain::record::{CallKey, CallRecord};
+use crate::pipeline::activation::WithActivatedUsers;
 use crate::pipeline::delivery::push_outbox;
 use crate::pipeline::worker;
 use crate::ports::{
     CallStore, ConnectionDirectory, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
 };
+use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -53,12 +57,18 @@ pub struct WorkerSettings {
     pub calls_table: String,
     /// `CONNECTIONS_TABLE`
     pub connections_table: String,
+    /// `USERS_TABLE`: the users activated through Telsmart's onboarding.
+    pub users_table: String,
     /// `CALL_RETENTION_DAYS` (default 30): how long a call is kept after its last change.
     pub call_retention: Duration,
     /// `CRM_URL`: where the Morph events are POSTed.
     pub crm_url: String,
     /// `CRM_TIMEOUT_MS` (default 5000): per delivery.
     pub crm_timeout: Duration,
+    /// `CRM_REST_URL` (optional): the root of Morph's REST API, for connections with
+    /// `delivery = "rest"`; with `CRM_API_KEY` and `CRM_API_SECRET` for connections without
+    /// credentials of their own.
+    pub crm_rest: Option<RestApi>,
 }
 
 impl WorkerSettings {
@@ -67,21 +77,54 @@ impl WorkerSettings {
         Ok(Self {
             calls_table: required(&vars, "CALLS_TABLE")?,
             connections_table: required(&vars, "CONNECTIONS_TABLE")?,
+            users_table: required(&vars, "USERS_TABLE")?,
             call_retention: Duration::from_secs(
                 number_or(&vars, "CALL_RETENTION_DAYS", 30)? * 24 * 3600,
             ),
             crm_url: required(&vars, "CRM_URL")?,
             crm_timeout: Duration::from_millis(number_or(&vars, "CRM_TIMEOUT_MS", 5_000)?),
+            crm_rest: rest_api(&vars)?,
         })
     }
+
+    /// The CRM of these settings, over HTTP.
+    pub fn crm(&self) -> anyhow::Result<HttpCrm> {
+        HttpCrm::build(
+            Some(self.crm_url.clone()),
+            self.crm_rest.clone(),
+            self.crm_timeout,
+        )
+    }
+}
+
+fn rest_api(vars: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<RestApi>> {
+    let set = |name: &str| vars(name).filter(|value| !value.is_empty());
+    let Some(base_url) = set("CRM_REST_URL") else {
+        return Ok(None);
+    };
+    let credentials = match (set("CRM_API_KEY"), set("CRM_API_SECRET")) {
+        (Some(api_key), Some(api_secret)) => Some(ApiCredentials {
+            api_key,
+            api_secret,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("CRM_API_KEY and CRM_API_SECRET go together"),
+    };
+    Ok(Some(RestApi {
+        base_url,
+        credentials,
+    }))
 }
 
 /// The handler, built once per container.
 pub struct Worker {
     calls: DynamoCalls,
-    connections: DynamoConnections,
+    /// The connections, with the users activated on them.
+    connections: WithActivatedUsers,
     crm: Arc<dyn Crm>,
+    contacts: HttpContactLookup,
     usage: Arc<Usage>,
+    telemetry: Telemetry,
     /// A message is not started with less time than this left in the invocation: it could
     /// not finish, and the whole batch would come back.
     reserve: Duration,
@@ -99,23 +142,38 @@ impl Worker {
                 settings.call_retention,
                 usage.clone(),
             ),
-            connections: DynamoConnections::new(
-                dynamodb,
-                &settings.connections_table,
-                usage.clone(),
+            connections: WithActivatedUsers::new(
+                Arc::new(DynamoConnections::new(
+                    dynamodb.clone(),
+                    &settings.connections_table,
+                    usage.clone(),
+                )),
+                Arc::new(DynamoUsers::new(
+                    dynamodb,
+                    &settings.users_table,
+                    usage.clone(),
+                )),
             ),
             crm,
+            contacts: HttpContactLookup::default(),
             usage,
+            telemetry: Telemetry::new(Arc::new(EmfStdout::from_env())),
             reserve: settings.crm_timeout * 2 + Duration::from_secs(1),
         }
+    }
+
+    /// Counts into `metrics` rather than CloudWatch's EMF lines.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.telemetry = Telemetry::new(metrics);
+        self
     }
 
     /// The handler as the template configures it: settings from the environment, AWS clients
     /// from the Lambda role, the CRM over HTTP.
     pub async fn from_env() -> anyhow::Result<Self> {
         let settings = WorkerSettings::from_vars(process_env)?;
-        let crm = Arc::new(HttpCrm::new(&settings.crm_url, settings.crm_timeout)?);
-        let aws = aws_config::load_from_env().await;
+        let crm = Arc::new(settings.crm()?);
+        let aws = super::sdk::config().await;
         Ok(Self::new(&aws, &settings, crm))
     }
 
@@ -186,6 +244,11 @@ impl Worker {
             };
             if let Err(failure) = outcome {
                 failure.log(message, messages.len() - i - 1);
+                match failure.kind {
+                    FailureKind::Retry => self.telemetry.retried(),
+                    FailureKind::Rejected => self.telemetry.parked(),
+                    FailureKind::Poison => {}
+                }
                 return messages[i..]
                     .iter()
                     .map(|m| m.message_id.clone().unwrap_or_default())
@@ -216,9 +279,10 @@ impl Worker {
                     webhook.connection_id
                 ))
             })?;
-        worker::apply(calls, &connection, &webhook)
+        let applied = worker::apply(calls, &connection, &self.contacts, &webhook)
             .await
             .map_err(Failure::retry)?;
+        self.telemetry.applied(&webhook, &applied);
         // Every record the message touched, not only those it added to: a message received
         // again after a crash finds its revision written but not delivered.
         for key in calls.with_outbox() {
@@ -234,7 +298,15 @@ impl Worker {
         key: &CallKey,
     ) -> Result<(), Failure> {
         let outbox = calls.outbox(key);
-        let pushed = push_outbox(self.crm.as_ref(), connection, &outbox).await;
+        let pushed = push_outbox(
+            self.crm.as_ref(),
+            calls,
+            connection,
+            key,
+            &outbox,
+            &self.telemetry,
+        )
+        .await;
         if let Some(revision) = pushed.delivered_up_to {
             calls
                 .mark_delivered(key, revision)
@@ -249,6 +321,9 @@ impl Worker {
                     delivery.idempotency_key
                 )))
             }
+            Some((delivery, DeliveryOutcome::Uncertain { reason })) => Err(Failure::rejected(
+                format!("{}: {reason}", delivery.idempotency_key),
+            )),
             Some((delivery, outcome)) => Err(Failure::retry(format!(
                 "the CRM did not take {}: {outcome:?}",
                 delivery.idempotency_key

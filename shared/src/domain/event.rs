@@ -107,6 +107,10 @@ pub enum EventKind {
     Summary { summary: Value },
     /// Voys transfer: the call `merged_call_key` is folded into this one and discarded.
     Merged { merged_call_key: String },
+    /// Not a provider's: an operator asked to erase the call (GDPR, `callbridge calls erase`).
+    /// It is queued like a webhook so that it takes its place among the call's events: the
+    /// ones before it are erased with the call, the ones after it find it erased.
+    Erased,
 }
 
 /// One provider webhook, normalised. Parsers fill every field but `id`, which

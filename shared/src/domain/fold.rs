@@ -97,7 +97,8 @@ pub fn fold(events: &[CallEvent], merged_in: &[CallEvent]) -> Option<CallState> 
             EventKind::Ringing
             | EventKind::Held
             | EventKind::Progress
-            | EventKind::Merged { .. } => {}
+            | EventKind::Merged { .. }
+            | EventKind::Erased => {}
         }
     }
     for event in canonical(merged_in) {

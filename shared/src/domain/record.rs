@@ -6,8 +6,11 @@ use super::connection::Connection;
 use super::event::{CallEvent, Provider};
 use super::fold::fold;
 use super::resource::{MorphEventType, TelephonyCall, envelope, resource_id, to_resource};
+use super::rest::RemoteCall;
+use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Where a call lives: the connection, and the provider's key for the call.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,6 +48,10 @@ pub struct Delivery {
     pub event: MorphEventType,
     pub idempotency_key: String,
     pub body: Value,
+    /// When the webhook that made this revision was received (for the delivery latency); set
+    /// by the worker, which knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +76,19 @@ pub struct CallRecord {
     /// Emitted and not yet delivered, oldest first.
     #[serde(default)]
     pub outbox: Vec<Delivery>,
+    /// When an operator asked to erase the call (GDPR). From then on the record takes no
+    /// event, and once the CRM has its `deleted` it keeps nothing personal: only this
+    /// tombstone (key, resource id, revision), so that a late webhook cannot bring the call
+    /// back. The store's retention (a TTL on AWS) removes the tombstone in the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
+    /// The answers of the connection's contact lookup for the call's numbers (E.164 to
+    /// contact id, `None`: no contact), kept so that the call maps the same way every time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contact_lookups: BTreeMap<String, Option<String>>,
+    /// What Morph's REST API holds of the call (connections with `delivery = "rest"`).
+    #[serde(default, skip_serializing_if = "RemoteCall::is_unknown")]
+    pub remote: RemoteCall,
 }
 
 impl CallRecord {
@@ -83,6 +103,9 @@ impl CallRecord {
             resource: None,
             deleted: false,
             outbox: Vec::new(),
+            erased_at: None,
+            contact_lookups: BTreeMap::new(),
+            remote: RemoteCall::default(),
         }
     }
 
@@ -93,14 +116,28 @@ impl CallRecord {
             .map_or(self.revision, |d| d.revision - 1)
     }
 
-    /// Adds an event unless it was seen already. Returns whether it was new.
+    /// Adds an event unless it was seen already, or the call was erased. Returns whether it
+    /// was new.
     pub fn add_event(&mut self, event: &CallEvent) -> bool {
-        add_unique(&mut self.events, event)
+        self.erased_at.is_none() && add_unique(&mut self.events, event)
     }
 
-    /// Adds an event of a call merged into this one. Returns whether it was new.
+    /// Adds an event of a call merged into this one (unless this call was erased). Returns
+    /// whether it was new.
     pub fn add_merged_in(&mut self, event: &CallEvent) -> bool {
-        add_unique(&mut self.merged_in, event)
+        self.erased_at.is_none() && add_unique(&mut self.merged_in, event)
+    }
+
+    /// Keeps the contact lookup's answer for an E.164 number, unless the call has one for it
+    /// already: the first answer stays, so the resource does not change under a call. Returns
+    /// whether it was new.
+    pub fn add_contact_lookup(&mut self, e164: &str, contact_id: Option<&str>) -> bool {
+        if self.erased_at.is_some() || self.contact_lookups.contains_key(e164) {
+            return false;
+        }
+        self.contact_lookups
+            .insert(e164.to_string(), contact_id.map(str::to_string));
+        true
     }
 
     /// Folds the events and, when the resource changed, emits the next revision into the
@@ -112,7 +149,7 @@ impl CallRecord {
         let Some(state) = fold(&self.events, &self.merged_in) else {
             return false;
         };
-        let call = to_resource(&state, connection);
+        let call = to_resource(&state, connection, &self.contact_lookups);
         if self
             .resource
             .as_ref()
@@ -154,6 +191,29 @@ impl CallRecord {
         true
     }
 
+    /// Erases the call (GDPR), as asked at `at`: the CRM is told it is deleted (if it ever heard
+    /// of it), through the outbox like any revision, and what we keep of it goes once that is
+    /// delivered (at once if there is nothing to deliver). Returns whether the record changed.
+    pub fn erase(&mut self, at: Timestamp) -> bool {
+        if self.erased_at.is_some() {
+            return false;
+        }
+        self.erased_at = Some(at);
+        self.delete();
+        self.forget_if_delivered();
+        true
+    }
+
+    /// An erased call whose outbox is delivered keeps only its tombstone.
+    fn forget_if_delivered(&mut self) {
+        if self.erased_at.is_some() && self.outbox.is_empty() {
+            self.events.clear();
+            self.merged_in.clear();
+            self.resource = None;
+            self.contact_lookups.clear();
+        }
+    }
+
     fn emit(&mut self, event: MorphEventType, call: TelephonyCall) {
         self.revision += 1;
         self.outbox.push(Delivery {
@@ -162,13 +222,16 @@ impl CallRecord {
             event,
             idempotency_key: format!("{}-r{}", self.resource_id, self.revision),
             body: envelope(event, &self.resource_id, &call),
+            received_at: None,
         });
         self.resource = Some(call);
     }
 
-    /// Records that the CRM took every revision up to `revision`.
+    /// Records that the CRM took every revision up to `revision`. An erased call forgets what
+    /// it kept in the same write, so a crash between the two cannot happen.
     pub fn mark_delivered(&mut self, revision: u64) {
         self.outbox.retain(|d| d.revision > revision);
+        self.forget_if_delivered();
     }
 }
 

@@ -6,6 +6,7 @@ use super::fold::CallState;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +30,14 @@ impl ResourceRef {
         Self {
             object: "resourceRef".into(),
             model: "genericUser".into(),
+            id: id.into(),
+        }
+    }
+
+    pub fn contact(id: &str) -> Self {
+        Self {
+            object: "resourceRef".into(),
+            model: "genericContact".into(),
             id: id.into(),
         }
     }
@@ -87,8 +96,14 @@ pub fn resource_id(connection_id: &str, provider: Provider, call_key: &str) -> S
     format!("call_{}", hex::encode(&hasher.finalize()[..16]))
 }
 
-/// Maps a call's state to its resource, in the words of the connection's directory.
-pub fn to_resource(state: &CallState, connection: &Connection) -> TelephonyCall {
+/// Maps a call's state to its resource, in the words of the connection's directories.
+/// `looked_up` holds the answers of the connection's contact lookup the call's record kept
+/// (E.164 number to contact id, `None`: no contact), so mapping again gives the same resource.
+pub fn to_resource(
+    state: &CallState,
+    connection: &Connection,
+    looked_up: &BTreeMap<String, Option<String>>,
+) -> TelephonyCall {
     let status = match state.ended_at {
         None => CallStatus::InProgress,
         Some(_) if state.is_answered() => CallStatus::Completed,
@@ -124,6 +139,20 @@ pub fn to_resource(state: &CallState, connection: &Connection) -> TelephonyCall 
         external_number = None;
     }
 
+    // The other party's contact: the static directory first, it was set by hand.
+    let contacts = external_number
+        .as_deref()
+        .and_then(|number| connection.contacts.e164(number))
+        .and_then(|e164| {
+            connection
+                .contacts
+                .numbers
+                .get(&e164)
+                .or_else(|| looked_up.get(&e164).and_then(Option::as_ref))
+        })
+        .map(|id| vec![ResourceRef::contact(id)])
+        .unwrap_or_default();
+
     let recording_url = state.recording.as_ref().and_then(|r| match r {
         Recording::Url(url) => Some(url.clone()),
         Recording::File(file) => connection.recording_url(file),
@@ -141,7 +170,7 @@ pub fn to_resource(state: &CallState, connection: &Connection) -> TelephonyCall 
             duration,
             recording_url,
             users,
-            contacts: Vec::new(),
+            contacts,
             external_number,
             internal_number: state.internal_number.clone(),
         },

@@ -9,6 +9,7 @@ use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, Delivery};
 use crate::pipeline::delivery::{Pushed, RetryPolicy, push_outbox};
 use crate::ports::{CallStore, ConnectionDirectory, Crm, DeliveryOutcome, StoreError, Version};
+use crate::telemetry::Telemetry;
 use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub(super) struct Deliverer {
     retry: RetryPolicy,
     poll_interval: Duration,
     in_flight: Semaphore,
+    telemetry: Telemetry,
 }
 
 /// What to do after a delivery did not go through.
@@ -43,6 +45,7 @@ impl Deliverer {
         connections: Arc<dyn ConnectionDirectory>,
         crm: Arc<dyn Crm>,
         settings: Settings,
+        telemetry: Telemetry,
     ) -> Self {
         Self {
             store,
@@ -51,6 +54,7 @@ impl Deliverer {
             retry: settings.retry,
             poll_interval: settings.poll_interval,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            telemetry,
         }
     }
 
@@ -95,7 +99,7 @@ impl Deliverer {
             if record.outbox.is_empty() {
                 return Ok(());
             }
-            let pushed = self.push(&connection, &record.outbox).await?;
+            let pushed = self.push(&connection, call, &record.outbox).await?;
             let (record, version) = match pushed.delivered_up_to {
                 Some(revision) => {
                     tracing::debug!(resource_id = %record.resource_id, revision, "delivered");
@@ -120,9 +124,22 @@ impl Deliverer {
         Ok(())
     }
 
-    async fn push(&self, connection: &Connection, outbox: &[Delivery]) -> anyhow::Result<Pushed> {
+    async fn push(
+        &self,
+        connection: &Connection,
+        call: &CallKey,
+        outbox: &[Delivery],
+    ) -> anyhow::Result<Pushed> {
         let _permit = self.in_flight.acquire().await?;
-        Ok(push_outbox(&*self.crm, connection, outbox).await)
+        Ok(push_outbox(
+            &*self.crm,
+            &*self.store,
+            connection,
+            call,
+            outbox,
+            &self.telemetry,
+        )
+        .await)
     }
 
     /// Takes the delivered revisions out of the outbox, over whatever the worker added since.
@@ -168,6 +185,7 @@ impl Deliverer {
                 let attempt = attempts.failed(delivery.revision);
                 if let Some(wait) = self.retry.delay(attempt, retry_after) {
                     tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, attempt, reason, ?wait, "delivery failed; retrying");
+                    self.telemetry.retried();
                     return Ok(Next::RetryAfter(wait));
                 }
                 (
@@ -181,6 +199,7 @@ impl Deliverer {
                 Some(status),
                 Some(body),
             ),
+            DeliveryOutcome::Uncertain { reason } => (reason, None, None),
         };
         tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, "delivery parked; the call's later deliveries wait behind it (`callbridge deliveries retry` sends it again)");
         self.store
@@ -194,6 +213,7 @@ impl Deliverer {
                 parked_at: now(),
             })
             .await?;
+        self.telemetry.parked();
         Ok(Next::Parked)
     }
 }

@@ -18,13 +18,15 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-use crate::adapters::crm_http::HttpCrm;
+use crate::adapters::contact_http::HttpContactLookup;
+use crate::adapters::crm_http::{HttpCrm, RestApi};
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
 use crate::domain::time::Timestamp;
 use crate::pipeline::delivery::RetryPolicy;
 use crate::ports::{ConnectionDirectory, Crm};
+use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,12 +54,24 @@ impl Settings {
     }
 }
 
-/// The CRM of the configuration: over HTTP to `url`, or printed on standard output.
+/// The CRM of the configuration: over HTTP (events to `url`, REST requests to `rest_url`),
+/// or, with neither, printed on standard output.
 pub fn crm(config: &CrmConfig) -> anyhow::Result<Arc<dyn Crm>> {
-    Ok(match &config.url {
-        Some(url) => Arc::new(HttpCrm::new(url, Duration::from_millis(config.timeout_ms))?),
-        None => Arc::new(StdoutCrm::default()),
-    })
+    if config.url.is_none() && config.rest_url.is_none() {
+        return Ok(Arc::new(StdoutCrm::default()));
+    }
+    let rest = match &config.rest_url {
+        Some(base_url) => Some(RestApi {
+            base_url: base_url.clone(),
+            credentials: config.api_credentials()?,
+        }),
+        None => None,
+    };
+    Ok(Arc::new(HttpCrm::build(
+        config.url.clone(),
+        rest,
+        Duration::from_millis(config.timeout_ms),
+    )?))
 }
 
 /// The wall clock, as the domain counts time.
@@ -73,12 +87,14 @@ pub struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    /// Starts processing what the store holds and whatever is queued from now on.
+    /// Starts processing what the store holds and whatever is queued from now on, logging and
+    /// counting through `telemetry`.
     pub fn start(
         store: Arc<SqliteStore>,
         connections: Arc<dyn ConnectionDirectory>,
         crm: Arc<dyn Crm>,
         settings: Settings,
+        telemetry: Telemetry,
     ) -> Self {
         let (to_deliver, woken) = mpsc::unbounded_channel();
         let worker = worker::Worker {
@@ -86,8 +102,10 @@ impl LocalRuntime {
             connections: Arc::clone(&connections),
             to_deliver,
             poll_interval: settings.poll_interval,
+            contacts: HttpContactLookup::default(),
+            telemetry: telemetry.clone(),
         };
-        let deliverer = delivery::Deliverer::new(store, connections, crm, settings);
+        let deliverer = delivery::Deliverer::new(store, connections, crm, settings, telemetry);
         Self {
             worker: tokio::spawn(Arc::new(worker).run()),
             delivery: tokio::spawn(Arc::new(deliverer).run(woken)),

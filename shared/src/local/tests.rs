@@ -2,14 +2,20 @@
 
 use super::{LocalRuntime, Settings};
 use crate::adapters::config_directory::ConfigDirectory;
+use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::SqliteStore;
 use crate::domain::connection::Connection;
 use crate::domain::event::{CallEvent, EventKind, Provider};
 use crate::domain::record::{CallKey, Delivery};
+use crate::domain::resource::MorphEventType;
 use crate::domain::time::Timestamp;
 use crate::pipeline::delivery::RetryPolicy;
 use crate::pipeline::worker::apply;
-use crate::ports::{Crm, DeliveryOutcome, Queue, QueuedWebhook};
+use crate::ports::{CallStore, Crm, DeliveryOutcome, Queue, QueuedWebhook};
+use crate::telemetry::{
+    DELIVERIES, DELIVERIES_PARKED, DELIVERY_LATENCY, EVENTS_APPLIED, EVENTS_DEDUPLICATED,
+    InMemoryMetrics, RETRIES, Telemetry,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -161,6 +167,7 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
 struct Bridge {
     store: Arc<SqliteStore>,
     crm: Arc<ScriptedCrm>,
+    metrics: Arc<InMemoryMetrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -173,6 +180,7 @@ impl Bridge {
         Self {
             store: Arc::new(store),
             crm: Arc::new(crm),
+            metrics: Arc::default(),
             _dir: dir,
         }
     }
@@ -188,7 +196,12 @@ impl Bridge {
                 retry,
                 poll_interval,
             },
+            Telemetry::new(Arc::clone(&self.metrics) as _),
         )
+    }
+
+    fn counted(&self, name: &str, dimensions: &[(&str, &str)]) -> f64 {
+        self.metrics.total(name, dimensions)
     }
 
     async fn enqueue(&self, webhooks: impl IntoIterator<Item = QueuedWebhook>) {
@@ -239,6 +252,12 @@ async fn retries_then_delivers_in_order_under_the_same_key() {
     })
     .await;
     runtime.stop().await;
+    let telsmart = [("Provider", "telsmart")];
+    assert_eq!(bridge.counted(EVENTS_APPLIED, &telsmart), 3.0);
+    assert_eq!(bridge.counted(DELIVERIES, &[("Outcome", "retry")]), 2.0);
+    assert_eq!(bridge.counted(DELIVERIES, &[("Outcome", "delivered")]), 3.0);
+    assert_eq!(bridge.counted(RETRIES, &[]), 2.0);
+    assert_eq!(bridge.metrics.snapshot()[DELIVERY_LATENCY].count, 3);
 }
 
 #[tokio::test]
@@ -266,6 +285,8 @@ async fn a_refused_delivery_is_parked_and_holds_up_only_its_call() {
         Some("{\"error\":\"unknown owner\"}")
     );
     assert_eq!(bridge.crm.attempted("c1"), keys("c1", [1]));
+    assert_eq!(bridge.counted(DELIVERIES, &[("Outcome", "refused")]), 1.0);
+    assert_eq!(bridge.counted(DELIVERIES_PARKED, &[]), 1.0);
 
     // Un-parked, the call goes out in order from the delivery it was held at.
     assert_eq!(bridge.store.unpark(Some(&resource("c1"))).await.unwrap(), 1);
@@ -303,13 +324,76 @@ async fn what_a_crash_left_is_done_on_start() {
     // c1 was queued and never applied; c2 was applied and never delivered.
     bridge.enqueue(whole_call("c1")).await;
     let [ringing, ..] = whole_call("c2");
-    apply(&*bridge.store, &connection(), &ringing)
-        .await
-        .unwrap();
+    apply(
+        &*bridge.store,
+        &connection(),
+        &HttpContactLookup::default(),
+        &ringing,
+    )
+    .await
+    .unwrap();
 
     let runtime = bridge.start(retry_soon(), HOUR);
 
     bridge.delivered("c1", 1..=3).await;
     bridge.delivered("c2", [1]).await;
     runtime.stop().await;
+}
+
+/// An operator's erasure, as `callbridge calls erase` queues it.
+fn erasure(call: &str) -> QueuedWebhook {
+    let at = Timestamp::from_micros(1_700_000_100_000_000).unwrap();
+    let mut event = CallEvent::new(Provider::Telsmart, call, at, EventKind::Erased);
+    event.id = format!("erase-{call}");
+    QueuedWebhook {
+        connection_id: "acme".into(),
+        received_at: at,
+        event,
+        raw: serde_json::Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn an_erased_call_is_deleted_then_forgotten_and_stays_erased() {
+    let bridge = Bridge::new(ScriptedCrm::default()).await;
+    let runtime = bridge.start(retry_soon(), HOUR);
+    bridge.enqueue(whole_call("c1")).await;
+    bridge.delivered("c1", 1..=3).await;
+
+    bridge.enqueue([erasure("c1")]).await;
+    bridge.delivered("c1", 1..=4).await;
+    let key = CallKey::new("acme", Provider::Telsmart, "c1");
+    eventually("only the tombstone is left", async || {
+        let record = bridge.store.load(&key).await.unwrap().unwrap().0;
+        record.outbox.is_empty() && record.events.is_empty()
+    })
+    .await;
+    let attempts = bridge.crm.attempts.lock().unwrap().len();
+    assert_eq!(
+        bridge.crm.attempts.lock().unwrap()[attempts - 1]
+            .delivery
+            .event,
+        MorphEventType::Deleted
+    );
+
+    // A late webhook, and a repeat of an old one, bring nothing back.
+    bridge
+        .enqueue([
+            webhook("c1", 9, EventKind::Answered),
+            whole_call("c1")[0].clone(),
+        ])
+        .await;
+    eventually("the late webhooks are applied", async || {
+        bridge.store.health().await.unwrap().queued == 0
+    })
+    .await;
+    runtime.stop().await;
+    let (tombstone, _) = bridge.store.load(&key).await.unwrap().unwrap();
+    assert!(tombstone.events.is_empty() && tombstone.resource.is_none());
+    assert_eq!((tombstone.revision, tombstone.deleted), (4, true));
+    assert_eq!(bridge.crm.attempted("c1").len(), 4);
+    assert_eq!(
+        bridge.counted(EVENTS_DEDUPLICATED, &[("Provider", "telsmart")]),
+        2.0
+    );
 }

@@ -3,10 +3,12 @@
 //! A reader takes the queue in order and hands each webhook to a lane chosen by its call, so
 //! a call's events are applied one after another while different calls go on in parallel.
 
+use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::{QueuedMessage, SqliteStore};
 use crate::domain::record::CallKey;
 use crate::pipeline::worker::{Applied, apply};
 use crate::ports::{ConnectionDirectory, QueuedWebhook};
+use crate::telemetry::Telemetry;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub(super) struct Worker {
     /// Calls with new deliveries, for the delivery task.
     pub to_deliver: mpsc::UnboundedSender<CallKey>,
     pub poll_interval: Duration,
+    pub contacts: HttpContactLookup,
+    pub telemetry: Telemetry,
 }
 
 impl Worker {
@@ -120,8 +124,8 @@ impl Worker {
         let Some(connection) = self.connections.connection(&webhook.connection_id).await? else {
             return Ok(None);
         };
-        let applied = apply(&*self.store, &connection, webhook).await?;
-        tracing::debug!(call = %webhook.call().to_path(), new_event = applied.new_event, "webhook applied");
+        let applied = apply(&*self.store, &connection, &self.contacts, webhook).await?;
+        self.telemetry.applied(webhook, &applied);
         Ok(Some(applied))
     }
 }

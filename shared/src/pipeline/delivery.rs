@@ -3,11 +3,13 @@
 //! delivery that must wait is the runner's choice (the local server retries it on the
 //! [`RetryPolicy`]; the AWS worker lets SQS redeliver the message).
 
-use crate::domain::connection::Connection;
-use crate::domain::record::Delivery;
-use crate::ports::{Crm, DeliveryOutcome};
+use super::rest::push_revision;
+use crate::domain::connection::{Connection, DeliveryMode};
+use crate::domain::record::{CallKey, Delivery};
+use crate::ports::{CallStore, Crm, DeliveryOutcome};
+use crate::telemetry::Telemetry;
 use rand::Rng;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What pushing an outbox achieved.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,11 +20,27 @@ pub struct Pushed {
     pub stopped_at: Option<(Delivery, DeliveryOutcome)>,
 }
 
-/// Pushes the outbox in order until one delivery does not go through.
-pub async fn push_outbox(crm: &dyn Crm, connection: &Connection, outbox: &[Delivery]) -> Pushed {
+/// Pushes the outbox of `call` in order until one delivery does not go through; every attempt
+/// is logged and counted. A connection in REST mode writes what Morph gives back (its ids) to
+/// the call in `store` as it goes ([`super::rest`]); the runner then marks the delivered
+/// revisions as usual.
+pub async fn push_outbox(
+    crm: &dyn Crm,
+    store: &dyn CallStore,
+    connection: &Connection,
+    call: &CallKey,
+    outbox: &[Delivery],
+    telemetry: &Telemetry,
+) -> Pushed {
     let mut delivered_up_to = None;
     for delivery in outbox {
-        match crm.deliver(connection, delivery).await {
+        let started = Instant::now();
+        let outcome = match connection.delivery {
+            DeliveryMode::Events => crm.deliver(connection, delivery).await,
+            DeliveryMode::Rest => push_revision(crm, store, connection, call, delivery).await,
+        };
+        telemetry.delivery_attempt(connection, call, delivery, &outcome, started.elapsed());
+        match outcome {
             DeliveryOutcome::Delivered => delivered_up_to = Some(delivery.revision),
             outcome => {
                 return Pushed {
@@ -38,10 +56,12 @@ pub async fn push_outbox(crm: &dyn Crm, connection: &Connection, outbox: &[Deliv
     }
 }
 
-/// The retry schedule: exponential backoff from `initial` doubling up to `max`, with full
-/// jitter, never sooner than the CRM's `Retry-After`, for at most `max_attempts` attempts.
-/// With the defaults (12 attempts, 250 ms, 60 s) a delivery is retried for about 6 minutes at
-/// most before it is parked.
+/// The retry schedule: exponential backoff from `initial` doubling up to `max`, each wait drawn
+/// between half and all of it (jitter), never sooner than the CRM's `Retry-After` (itself capped
+/// at `max`), for at most `max_attempts` attempts. With the defaults (12 attempts, 250 ms, 60 s)
+/// the 11 waits add up to at most 243.75 s ([`RetryPolicy::worst_case_total`]; at least half
+/// that), so with every attempt taking the whole 5 s timeout a delivery is parked at most about
+/// 5 minutes after its first try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -105,6 +125,26 @@ mod tests {
             p.worst_case_total(),
             Duration::from_millis(100 + 200 + 400 + 800)
         );
+    }
+
+    #[test]
+    fn the_default_schedule_is_the_documented_one() {
+        let crm = crate::config::CrmConfig::default();
+        let defaults = RetryPolicy {
+            max_attempts: crm.max_attempts,
+            initial: Duration::from_millis(crm.initial_backoff_ms),
+            max: Duration::from_millis(crm.max_backoff_ms),
+        };
+        assert_eq!(
+            defaults,
+            RetryPolicy {
+                max_attempts: 12,
+                initial: Duration::from_millis(250),
+                max: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(defaults.worst_case_total(), Duration::from_millis(243_750));
+        assert_eq!(crm.timeout_ms, 5_000);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Accepted {
     pub status: &'static str,
     pub event_id: String,
     pub resource_id: String,
+    /// The provider's key of the call, for the logs (the sender knows it already).
+    #[serde(skip)]
+    pub call_key: String,
 }
 
 /// A refused webhook: an HTTP status and a JSON body that says what was wrong.
@@ -200,6 +203,7 @@ pub async fn ingest(
         status: "accepted",
         event_id: queued.event.id.clone(),
         resource_id: queued.call().resource_id(),
+        call_key: queued.event.call_key,
     })
 }
 

@@ -3,10 +3,12 @@
 //! conditional save over the version read, retried on conflict, so two workers racing on one
 //! call lose no update; every step is idempotent, so a message processed twice changes nothing.
 
+use super::contacts::look_up;
 use crate::domain::connection::Connection;
 use crate::domain::event::EventKind;
 use crate::domain::record::{CallKey, CallRecord};
-use crate::ports::{CallStore, QueuedWebhook, StoreError};
+use crate::domain::time::Timestamp;
+use crate::ports::{CallStore, ContactLookup, QueuedWebhook, StoreError};
 
 /// How many times a save is retried when another worker changed the call meanwhile.
 const MAX_CONFLICTS: usize = 16;
@@ -22,29 +24,46 @@ pub struct Applied {
     pub writes: usize,
 }
 
-/// Applies one queued webhook to the store.
+/// Applies one queued webhook to the store; the other party's contact is looked up with
+/// `contacts` when the connection has a lookup.
 pub async fn apply(
     store: &dyn CallStore,
     connection: &Connection,
+    contacts: &dyn ContactLookup,
     webhook: &QueuedWebhook,
 ) -> anyhow::Result<Applied> {
     let event = &webhook.event;
     let key = webhook.call();
     let mut applied = Applied::default();
+    let received_at = webhook.received_at;
+    if event.kind == EventKind::Erased {
+        let mut erased = false;
+        update(store, &key, &mut applied, received_at, |record| {
+            erased = record.erase(received_at);
+            erased
+        })
+        .await?;
+        applied.new_event = erased;
+        return Ok(applied);
+    }
 
     // The event joins its own call; a call merged away passes it on to the survivor.
+    let contact = look_up(contacts, connection, event).await;
     let mut new_event = false;
     let mut survivor = None;
-    update(store, &key, &mut applied, |record| {
+    update(store, &key, &mut applied, received_at, |record| {
         new_event = record.add_event(event);
         survivor.clone_from(&record.merged_into);
-        new_event | record.refresh(connection)
+        let looked_up = contact.as_ref().is_some_and(|(e164, contact_id)| {
+            record.add_contact_lookup(e164, contact_id.as_deref())
+        });
+        new_event | looked_up | record.refresh(connection)
     })
     .await?;
     applied.new_event = new_event;
     if let Some(survivor) = survivor {
         let survivor = CallKey::new(&key.connection_id, key.provider, &survivor);
-        update(store, &survivor, &mut applied, |record| {
+        update(store, &survivor, &mut applied, received_at, |record| {
             record.add_merged_in(event) | record.refresh(connection)
         })
         .await?;
@@ -56,12 +75,12 @@ pub async fn apply(
         // queue's redelivery.
         let merged = CallKey::new(&key.connection_id, key.provider, merged_call_key);
         let mut merged_events = Vec::new();
-        update(store, &merged, &mut applied, |record| {
+        update(store, &merged, &mut applied, received_at, |record| {
             merged_events = record.events.clone();
             record.merge_into(&key)
         })
         .await?;
-        update(store, &key, &mut applied, |record| {
+        update(store, &key, &mut applied, received_at, |record| {
             merged_events
                 .iter()
                 .fold(false, |changed, e| record.add_merged_in(e) | changed)
@@ -73,11 +92,14 @@ pub async fn apply(
 }
 
 /// Loads (or creates) a record, lets `change` modify it, and saves it if it says it changed,
-/// retrying from a fresh read when another writer got there first.
+/// retrying from a fresh read when another writer got there first. The revisions it emits are
+/// stamped with `received_at`, the receipt of their webhook, which their delivery latency
+/// counts from.
 async fn update(
     store: &dyn CallStore,
     key: &CallKey,
     applied: &mut Applied,
+    received_at: Timestamp,
     mut change: impl FnMut(&mut CallRecord) -> bool,
 ) -> anyhow::Result<()> {
     for _ in 0..MAX_CONFLICTS {
@@ -88,6 +110,9 @@ async fn update(
         let outbox_before = record.outbox.len();
         if !change(&mut record) {
             return Ok(());
+        }
+        for emitted in record.outbox.iter_mut().filter(|d| d.received_at.is_none()) {
+            emitted.received_at = Some(received_at);
         }
         match store.save(&record, version).await {
             Ok(_) => {

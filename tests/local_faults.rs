@@ -1,0 +1,368 @@
+//! The CRM misbehaving in every way the local server must survive, over real HTTP with a real
+//! `callbridge serve` and the CRM recorder: 5xx and 429 (with and without Retry-After),
+//! connections closed without an answer, answers that come after `crm.timeout_ms`, refusals no
+//! retry can fix, and attempts that run out. Nothing is lost or doubled: every event reaches the
+//! CRM once it recovers (or once the operator un-parks it), in order per call, under one
+//! idempotency key and body on every try; a call the CRM chokes on holds up only itself.
+//!
+//! "Down for minutes" is compressed: the test configs back off from 20 ms up to 0.5–2 s.
+
+mod support;
+
+use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
+use callbridge_shared::domain::time::Timestamp;
+use std::collections::{HashMap, HashSet};
+use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Setup};
+use support::scenario::{self, Scenario, assert_no_stranger, copies_of, on_copies};
+
+/// The Retry-After of the 429 that asks for one.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// Tries per idempotency key, among the events of `resources`.
+fn tries_per_key<'a>(events: &'a [RecordedEvent], resources: &[String]) -> HashMap<&'a str, usize> {
+    let mut tries = HashMap::new();
+    for e in events {
+        if e.resource_id()
+            .is_some_and(|id| resources.iter().any(|r| r == id))
+            && let Some(key) = e.idempotency_key()
+        {
+            *tries.entry(key).or_default() += 1;
+        }
+    }
+    tries
+}
+
+/// The resources of a scenario the CRM is sent anything for.
+fn delivered_resources(s: &Scenario) -> Vec<String> {
+    s.expected
+        .calls
+        .iter()
+        .filter(|(_, call)| !call.events.is_empty())
+        .map(|(key, _)| s.resource_id(key))
+        .collect()
+}
+
+fn micros(event: &RecordedEvent) -> i64 {
+    Timestamp::parse_rfc3339(&event.received_at)
+        .expect("the recorder writes RFC 3339")
+        .as_micros()
+}
+
+/// Scenarios whose every call has at least two events, so a held-up first delivery has
+/// later ones waiting behind it.
+fn scenarios_with_later_events() -> Vec<Scenario> {
+    scenario::all()
+        .into_iter()
+        .filter(|s| s.expected.calls.values().all(|c| c.events.len() >= 2))
+        .collect()
+}
+
+fn fail_resources(victims: &[(Scenario, Answer)]) -> Behaviour {
+    Behaviour {
+        fail_resources: victims
+            .iter()
+            .flat_map(|(s, answer)| s.resource_ids().into_iter().map(move |id| (id, *answer)))
+            .collect(),
+        ..Behaviour::default()
+    }
+}
+
+fn assert_all_delivered(scenarios: &[Scenario], events: &[RecordedEvent]) {
+    for s in scenarios {
+        s.assert_in_order(events);
+        s.assert_deliveries(events);
+    }
+    assert_no_stranger(scenarios, events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after() {
+    let faults = [
+        Answer::status(500),
+        Answer::status(502),
+        Answer::status(503),
+        Answer::status(504),
+        Answer::status(429),
+        Answer::retry_after(429, RETRY_AFTER_SECS),
+        Answer::reset(),
+    ];
+    let all = on_copies(&scenarios_with_later_events(), "transient");
+    assert!(all.len() >= faults.len() + 3, "too few scenarios");
+    let victims: Vec<(Scenario, Answer)> = all.iter().cloned().zip(faults).collect();
+    let healthy = &all[faults.len()..];
+    let recorder = Recorder::start("127.0.0.1:0", fail_resources(&victims))
+        .await
+        .expect("the CRM recorder starts");
+    // A backoff ceiling above the Retry-After, so it is honoured in full.
+    let crm = CrmSettings {
+        max_backoff_ms: 2_000,
+        ..CrmSettings::default()
+    };
+    let setup = Setup::new(&recorder.url(), crm, &copies_of(&all));
+    let bridge = Bridge::start(&setup).await;
+    for s in &all {
+        bridge.post_in_file_order(s).await;
+    }
+
+    // While every victim's first delivery has been tried three times, the others arrive.
+    let flowing = |events: &[RecordedEvent]| {
+        healthy.iter().all(|s| s.delivered_in_order(events))
+            && victims.iter().all(|(s, _)| {
+                tries_per_key(events, &delivered_resources(s))
+                    .values()
+                    .any(|n| *n >= 3)
+            })
+    };
+    let events = match recorder
+        .wait_for(
+            "the healthy calls delivered while the victims fail",
+            DELIVERY_TIMEOUT,
+            flowing,
+        )
+        .await
+    {
+        Ok(events) => events,
+        Err(e) => panic!("{e}\nthe server printed:\n{}", bridge.output()),
+    };
+    for (s, answer) in &victims {
+        let ids = s.resource_ids();
+        let mine: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| {
+                e.resource_id()
+                    .is_some_and(|id| ids.iter().any(|i| i == id))
+            })
+            .collect();
+        assert!(
+            mine.iter().all(|e| e.status == answer.status),
+            "{} got through while the CRM answered {answer}:\n{}",
+            s.name,
+            s.summary(&events)
+        );
+        if answer.retry_after_secs.is_some() {
+            for pair in mine.windows(2) {
+                if pair[0].idempotency_key() == pair[1].idempotency_key() {
+                    // The recorder's times are to the millisecond.
+                    let waited = micros(pair[1]) - micros(pair[0]) + 1_000;
+                    assert!(
+                        waited >= (RETRY_AFTER_SECS * 1_000_000) as i64,
+                        "{} came {waited} µs after {}, sooner than the Retry-After",
+                        pair[1],
+                        pair[0]
+                    );
+                }
+            }
+        }
+    }
+
+    recorder.set_behaviour(Behaviour::default());
+    let events = bridge
+        .settled_scenarios(&recorder, &all, Scenario::delivered_in_order)
+        .await;
+    assert_all_delivered(&all, &events);
+    let repeats: Vec<&RecordedEvent> = events.iter().filter(|e| e.duplicate).collect();
+    assert!(
+        repeats.is_empty(),
+        "taken twice although no answer was lost:\n{}",
+        summary(&events)
+    );
+    let failed = events.iter().filter(|e| !e.accepted()).count();
+    eprintln!(
+        "transient faults: {} scenarios ({} victims), {} requests, {failed} failed and retried, \
+         {} applied, 0 taken twice",
+        all.len(),
+        victims.len(),
+        events.len(),
+        events.iter().filter(|e| e.applied()).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
+    let scenarios = on_copies(&scenarios_with_later_events()[..4], "hang");
+    // Every answer comes long after the bridge gave up waiting.
+    let hanging = Behaviour {
+        delay_ms: 1_500,
+        ..Behaviour::default()
+    };
+    let recorder = Recorder::start("127.0.0.1:0", hanging)
+        .await
+        .expect("the CRM recorder starts");
+    let crm = CrmSettings {
+        timeout_ms: 300,
+        ..CrmSettings::default()
+    };
+    let setup = Setup::new(&recorder.url(), crm, &copies_of(&scenarios));
+    let bridge = Bridge::start(&setup).await;
+    for s in &scenarios {
+        bridge.post_in_file_order(s).await;
+    }
+    let timed_out_twice = |events: &[RecordedEvent]| {
+        scenarios.iter().all(|s| {
+            tries_per_key(events, &delivered_resources(s))
+                .values()
+                .any(|n| *n >= 3)
+        })
+    };
+    if let Err(e) = recorder
+        .wait_for(
+            "every scenario timed out twice",
+            DELIVERY_TIMEOUT,
+            timed_out_twice,
+        )
+        .await
+    {
+        panic!("{e}\nthe server printed:\n{}", bridge.output());
+    }
+
+    recorder.set_behaviour(Behaviour::default());
+    let events = bridge
+        .settled_scenarios(&recorder, &scenarios, Scenario::delivered_in_order)
+        .await;
+    // The CRM took the first try of each key that timed out: the retries are repeats of it,
+    // same key and same body (checked by `assert_deliveries`), which it ignores.
+    assert_all_delivered(&scenarios, &events);
+    let repeats = events.iter().filter(|e| e.duplicate).count();
+    assert!(
+        repeats > 0,
+        "no repeat after a timeout:\n{}",
+        summary(&events)
+    );
+    let mut applied = HashSet::new();
+    for e in events.iter().filter(|e| e.applied()) {
+        assert!(
+            applied.insert(e.idempotency_key()),
+            "{e} applied twice:\n{}",
+            summary(&events)
+        );
+    }
+    eprintln!(
+        "timeouts: {} requests, {} applied, {repeats} repeats under a taken key (same body)",
+        events.len(),
+        applied.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
+    const MAX_ATTEMPTS: u32 = 4;
+    let faults = [
+        Answer::status(400),
+        Answer::status(401),
+        Answer::status(403),
+        Answer::status(404),
+        Answer::status(422),
+        // Not a refusal: retried until the attempts run out.
+        Answer::status(503),
+    ];
+    let all = on_copies(&scenarios_with_later_events(), "refused");
+    let all = &all[..faults.len() + 2];
+    let victims: Vec<(Scenario, Answer)> = all.iter().cloned().zip(faults).collect();
+    let healthy = &all[faults.len()..];
+    let recorder = Recorder::start("127.0.0.1:0", fail_resources(&victims))
+        .await
+        .expect("the CRM recorder starts");
+    let crm = CrmSettings {
+        max_attempts: MAX_ATTEMPTS,
+        ..CrmSettings::default()
+    };
+    let setup = Setup::new(&recorder.url(), crm, &copies_of(all));
+    let bridge = Bridge::start(&setup).await;
+    for s in all {
+        bridge.post_in_file_order(s).await;
+    }
+    let tries_wanted = |answer: &Answer| {
+        if answer.status == 503 {
+            MAX_ATTEMPTS as usize
+        } else {
+            1
+        }
+    };
+    let parked = |events: &[RecordedEvent]| {
+        healthy.iter().all(|s| s.delivered_in_order(events))
+            && victims.iter().all(|(s, answer)| {
+                let resources = delivered_resources(s);
+                let tries = tries_per_key(events, &resources);
+                tries.len() == resources.len() && tries.values().all(|n| *n >= tries_wanted(answer))
+            })
+    };
+    if let Err(e) = recorder
+        .wait_for(
+            "the victims' first deliveries refused",
+            DELIVERY_TIMEOUT,
+            parked,
+        )
+        .await
+    {
+        panic!("{e}\nthe server printed:\n{}", bridge.output());
+    }
+    // Nothing left to do but the parked deliveries: nothing more is coming.
+    bridge.wait_idle(DELIVERY_TIMEOUT).await;
+    let events = recorder.events();
+    let parked = setup.parked().await;
+    let mut parked_resources = HashSet::new();
+    for (s, answer) in &victims {
+        let resources = delivered_resources(s);
+        for (key, n) in tries_per_key(&events, &resources) {
+            assert_eq!(
+                n,
+                tries_wanted(answer),
+                "{key} ({answer}) tried {n} times:\n{}",
+                s.summary(&events)
+            );
+            assert!(
+                key.ends_with("-r1"),
+                "{key} tried while revision 1 was refused:\n{}",
+                s.summary(&events)
+            );
+        }
+        for id in &resources {
+            let entry = parked
+                .iter()
+                .find(|p| p["resource_id"] == id.as_str())
+                .unwrap_or_else(|| panic!("{id} of {} is not parked: {parked:?}", s.name));
+            assert_eq!(entry["revision"], 1, "{entry}");
+            if answer.status == 503 {
+                assert_eq!(entry["crm_status"], serde_json::Value::Null, "{entry}");
+                let reason = entry["reason"].as_str().unwrap_or_default();
+                assert!(
+                    reason.contains(&format!("gave up after {MAX_ATTEMPTS} attempts")),
+                    "{entry}"
+                );
+            } else {
+                assert_eq!(entry["crm_status"], answer.status, "{entry}");
+                let crm_answer = entry["crm_answer"].as_str().unwrap_or_default();
+                assert!(
+                    crm_answer.contains(&format!("answers {}", answer.status)),
+                    "the CRM's answer is not kept: {entry}"
+                );
+            }
+            parked_resources.insert(id.clone());
+        }
+    }
+    assert_eq!(parked.len(), parked_resources.len(), "{parked:?}");
+
+    // The CRM is fixed; one command sends everything.
+    recorder.set_behaviour(Behaviour::default());
+    let unparked = setup.deliveries(&["retry"]).await;
+    assert_eq!(unparked.trim(), format!("{} un-parked", parked.len()));
+    let events = bridge
+        .settled_scenarios(&recorder, all, Scenario::delivered_in_order)
+        .await;
+    assert_all_delivered(all, &events);
+    assert!(setup.parked().await.is_empty());
+    assert_eq!(bridge.health().await.body["parked"], 0);
+    assert!(
+        events.iter().all(|e| !e.duplicate),
+        "taken twice:\n{}",
+        summary(&events)
+    );
+    eprintln!(
+        "refusals: {} parked ({} refused 4xx, {} out of attempts), {} requests, all applied once \
+         after one `deliveries retry`",
+        parked.len(),
+        parked.iter().filter(|p| !p["crm_status"].is_null()).count(),
+        parked.iter().filter(|p| p["crm_status"].is_null()).count(),
+        events.len()
+    );
+}
