@@ -130,7 +130,8 @@ def main():
     print("| per million webhooks | quantity | USD | share |")
     print("|---|---:|---:|---:|")
     for name, unit, quantity, cost in sorted(lines, key=lambda line: -line[3]):
-        print(f"| {name} | {quantity:,.0f} {unit} | {cost:.2f} | {cost / total:.0%} |")
+        amount = f"{quantity:,.0f}" if quantity >= 100 else f"{quantity:.2f}"
+        print(f"| {name} | {amount} {unit} | {cost:.2f} | {cost / total:.0%} |")
     print(f"| **total** | | **{total:.2f}** | |")
 
 

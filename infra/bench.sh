@@ -61,7 +61,7 @@ run_sizes() {
   step "binary sizes: arm64 (cargo lambda, as deployed) and native x86_64"
   infra/build-lambdas.sh
   export PATH="$PWD/.venv/bin:$PATH"
-  cargo lambda build --release --arm64 --manifest-path "$hello_manifest" --target-dir "$hello_target"
+  CARGO_TARGET_DIR=$PWD/$hello_target cargo lambda build --release --arm64 --manifest-path "$hello_manifest"
   native_builds
   printf '| binary | arm64 (bytes) | x86_64 (bytes) |\n|---|---:|---:|\n'
   printf '| hello | %s | %s |\n' "$(stat -c %s "$hello_target"/lambda/coldstart-hello/bootstrap)" \

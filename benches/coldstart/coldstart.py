@@ -26,6 +26,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -338,15 +339,57 @@ def function_of(name):
     return None, None
 
 
+def template_variables(logical_id):
+    """The names of a function's environment variables in template.yaml (its own block; the
+    Globals set none)."""
+    lines = (ROOT / "template.yaml").read_text().splitlines()
+    names, inside, in_variables = [], False, False
+    for line in lines:
+        if re.match(r"^  [A-Za-z0-9]+:\s*$", line):
+            inside = line.strip() == f"{logical_id}:"
+            in_variables = False
+            continue
+        if not inside:
+            continue
+        if line.strip() == "Variables:":
+            in_variables, indent = True, len(line) - len(line.lstrip())
+            continue
+        if in_variables:
+            m = re.match(r"^(\s+)([A-Z0-9_]+):", line)
+            if m and len(m.group(1)) > indent:
+                names.append(m.group(2))
+            elif line.strip():
+                in_variables = False
+    return names
+
+
 def settings_without_emulator(name, crm_url):
+    """Dummy values for the function's variables, as the template names them: no AWS call is
+    made before the first invocation, so any well-formed value does."""
     logical_id, _ = function_of(name)
     if logical_id is None:
         return {}
-    settings = {"CONNECTIONS_TABLE": "bench-connections", "RUST_LOG": "info"}
-    if name == "worker":
-        settings.update(CALLS_TABLE="bench-calls", CRM_URL=crm_url, CRM_TIMEOUT_MS="5000")
-    else:
-        settings["QUEUE_URL"] = "https://sqs.eu-west-1.amazonaws.com/123456789012/bench.fifo"
+    settings = {}
+    for variable in template_variables(logical_id):
+        if variable == "CRM_URL":
+            value = crm_url
+        elif variable == "QUEUE_URL":
+            value = "https://sqs.eu-west-1.amazonaws.com/123456789012/bench.fifo"
+        elif variable.endswith("_TABLE"):
+            value = "bench-" + variable.removesuffix("_TABLE").lower()
+        elif variable.endswith("_MS"):
+            value = "5000"
+        elif variable.endswith("_DAYS"):
+            value = "30"
+        elif variable == "RUST_LOG":
+            value = "info"
+        elif variable.startswith("CRM_"):
+            value = ""  # the REST API's settings: empty when unused, as the template defaults
+        else:
+            value = "bench"
+        settings[variable] = value
+    if not settings:
+        raise RuntimeError(f"template.yaml gives {logical_id} no environment variables")
     return settings
 
 

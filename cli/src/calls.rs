@@ -14,6 +14,7 @@ use callbridge_shared::adapters::sqlite::ParkedDelivery;
 use callbridge_shared::domain::event::{CallEvent, EventKind};
 use callbridge_shared::domain::record::CallRecord;
 use callbridge_shared::local::now;
+use callbridge_shared::pipeline::rest::resolve_uncertain_create;
 use callbridge_shared::ports::{CallFilter, QueuedWebhook};
 use callbridge_shared::telemetry::mask_number;
 use serde_json::{Value, json};
@@ -55,6 +56,20 @@ enum Command {
         /// How long to wait for the erasure to be done (it goes on afterwards all the same).
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
+    },
+    /// Settle a create of Morph's REST API whose answer was lost (the call's deliveries wait
+    /// on it, docs/crm.md): look for the call in Morph, then say what you found. Locally the
+    /// call's parked delivery is sent again; on AWS the message's next receive goes on.
+    Resolve {
+        #[command(flatten)]
+        target: Target,
+        resource_id: String,
+        /// Morph holds the call (or transcript) under this id: it becomes the call's.
+        #[arg(long, required_unless_present = "not_in_morph")]
+        morph_id: Option<String>,
+        /// Morph does not hold it: the create is sent again.
+        #[arg(long, conflicts_with = "morph_id")]
+        not_in_morph: bool,
     },
 }
 
@@ -102,6 +117,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "{resource_id} is being erased: {} waiting for the CRM (`callbridge calls show {resource_id}`)",
                     waiting(&record)
                 ),
+            }
+        }
+        Command::Resolve {
+            target,
+            resource_id,
+            morph_id,
+            not_in_morph: _,
+        } => {
+            let store = target.open().await?;
+            let record = store.call(&resource_id).await?;
+            let resolved =
+                resolve_uncertain_create(store.call_store(), &record.key, morph_id.as_deref())
+                    .await?;
+            anyhow::ensure!(
+                resolved,
+                "{resource_id} has no create of Morph's REST API waiting to be settled"
+            );
+            // Locally the call's delivery was parked on the uncertain create; on AWS its
+            // message comes back by itself.
+            match &store {
+                Store::Local(local) => {
+                    local.unpark(Some(&resource_id)).await?;
+                }
+                #[cfg(feature = "aws")]
+                Store::Aws(_) => {}
+            }
+            match morph_id {
+                Some(id) => println!("{resource_id} is Morph's {id}: its deliveries go on"),
+                None => println!("{resource_id} will be created in Morph again"),
             }
         }
     }

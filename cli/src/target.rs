@@ -6,7 +6,7 @@
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::record::CallRecord;
-use callbridge_shared::ports::{CallFilter, Queue};
+use callbridge_shared::ports::{CallFilter, CallStore, Queue};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -35,6 +35,10 @@ pub struct AwsTarget {
     /// The dead-letter queue: the stack's `DeadLetterQueueUrl` output.
     #[arg(long, env = "DEAD_LETTER_QUEUE_URL")]
     pub dead_letter_queue_url: Option<String>,
+    /// The stack's `CallRetentionDays`: a call this command writes is kept as long after it as
+    /// the worker keeps one.
+    #[arg(long, env = "CALL_RETENTION_DAYS", default_value_t = 30)]
+    pub call_retention_days: u64,
 }
 
 #[cfg(feature = "aws")]
@@ -59,6 +63,7 @@ impl AwsTarget {
             aws_sdk_sqs::Client::new(&aws),
             Self::setting(&self.calls_table, "--calls-table", "CALLS_TABLE")?,
             Self::setting(&self.queue_url, "--queue-url", "QUEUE_URL")?,
+            std::time::Duration::from_secs(self.call_retention_days * 24 * 3600),
         ))
     }
 }
@@ -77,10 +82,9 @@ impl AwsCalls {
         sqs: callbridge_shared::aws::aws_sdk_sqs::Client,
         calls_table: &str,
         queue_url: &str,
+        retention: std::time::Duration,
     ) -> Self {
         use std::sync::Arc;
-        // The retention only matters to writes, which go through the worker.
-        let retention = std::time::Duration::ZERO;
         Self {
             calls: callbridge_shared::aws::calls::DynamoCalls::new(
                 dynamodb,
@@ -148,6 +152,15 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| anyhow::anyhow!("there is no call {resource_id}"))
+    }
+
+    /// The calls, to change one directly (what only an operator may decide).
+    pub fn call_store(&self) -> &dyn CallStore {
+        match self {
+            Store::Local(store) => store,
+            #[cfg(feature = "aws")]
+            Store::Aws(aws) => &aws.calls,
+        }
     }
 
     /// Where a call's changes are queued, in order with its webhooks.

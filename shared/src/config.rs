@@ -362,3 +362,169 @@ impl Config {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example's commented keys of the CRM side, as an operator turns them on.
+    fn example_with_crm_keys() -> String {
+        let example = include_str!("../../infra/callbridge.example.toml");
+        let keys = [
+            "# url = ",
+            "# rest_url = ",
+            "# api_key = ",
+            "# api_secret = ",
+            "# delivery = ",
+            "# default_country = ",
+            "# contacts = ",
+            "# contact_lookup_url = ",
+            "# activation_client_id = ",
+            "# activation_client_secret = ",
+            "# auto_user_id_template = ",
+        ];
+        example
+            .lines()
+            .map(|line| match keys.iter().find(|k| line.starts_with(*k)) {
+                Some(_) => &line[2..],
+                None => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn connection_with(keys: &str) -> anyhow::Result<Connection> {
+        let config = Config::parse(&format!(
+            r#"
+            [[connections]]
+            id = "acme"
+            provider = "telsmart"
+            token = "acme-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            {keys}
+            "#
+        ))?;
+        Ok(config.connections()?.remove(0))
+    }
+
+    #[test]
+    fn the_examples_crm_keys_read_when_turned_on() {
+        let config = Config::parse(&example_with_crm_keys()).unwrap();
+        let telsmart = config.connections().unwrap().remove(0);
+        assert_eq!(telsmart.delivery, DeliveryMode::Rest);
+        assert_eq!(
+            telsmart
+                .contacts
+                .numbers
+                .get("+3228992675")
+                .map(String::as_str),
+            Some("contact_123")
+        );
+        let activation = telsmart.activation.unwrap();
+        assert_eq!(activation.user_id("t1", "220"), "usr_220");
+        assert!(config.crm.api_credentials().unwrap().is_some());
+        // Secrets never show.
+        let shown = format!("{config:?} {:?}", config.connections().unwrap());
+        for secret in [
+            "morph-api-secret",
+            "this-connection-s-morph-api-secret",
+            "demo-activation-secret-change-me",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shows");
+        }
+    }
+
+    #[test]
+    fn contact_numbers_are_read_in_the_connections_country() {
+        let c = connection_with(
+            r#"default_country = "be"
+            contacts = { "02 899 26 75" = "contact_123", "+31 20 794 8000" = "contact_nl" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.contacts.numbers.keys().collect::<Vec<_>>(),
+            ["+31207948000", "+3228992675"]
+        );
+    }
+
+    #[test]
+    fn mistakes_of_the_crm_keys_are_named() {
+        for (keys, expected) in [
+            (r#"api_key = "k""#, "go together"),
+            (r#"contacts = { "02 899 26 75" = "c" }"#, "default_country"),
+            (
+                r#"contacts = { "+32 2 899 26 75" = "a", "+3228992675" = "b" }"#,
+                "both",
+            ),
+            (r#"default_country = "Belgium""#, "ISO 3166"),
+            (
+                r#"contact_lookup_url = "https://crm.example/lookup""#,
+                "{number}",
+            ),
+            (r#"activation_client_id = "telsmart""#, "go together"),
+            (
+                r#"activation_client_id = "t"
+                activation_client_secret = "short"
+                auto_user_id_template = "usr_{user_extension}""#,
+                "at least",
+            ),
+            (
+                r#"activation_client_id = "t"
+                activation_client_secret = "long-enough-secret-0123"
+                auto_user_id_template = "usr_john""#,
+                "{user_extension}",
+            ),
+        ] {
+            let error = connection_with(keys).unwrap_err().to_string();
+            assert!(error.contains(expected), "{keys}: {error}");
+        }
+        let teltel = Config::parse(
+            r#"
+            [[connections]]
+            id = "acme"
+            provider = "teltel"
+            token = "acme-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            activation_client_id = "t"
+            activation_client_secret = "long-enough-secret-0123"
+            auto_user_id_template = "usr_{user_extension}"
+            "#,
+        );
+        assert!(teltel.unwrap_err().to_string().contains("Telsmart"));
+    }
+
+    #[test]
+    fn each_delivery_mode_needs_its_url_once_the_crm_is_over_http() {
+        let config = |crm: &str, delivery: &str| {
+            Config::parse(&format!(
+                r#"
+                [crm]
+                {crm}
+
+                [[connections]]
+                id = "acme"
+                provider = "telsmart"
+                token = "acme-token-0123456789"
+                connector_id = "conn"
+                owner_id = "owner"
+                delivery = "{delivery}"
+                "#
+            ))
+        };
+        assert!(config("", "rest").is_ok());
+        assert!(config(r#"rest_url = "http://m""#, "rest").is_ok());
+        assert!(config(r#"url = "http://e""#, "events").is_ok());
+        let rest_without = config(r#"url = "http://e""#, "rest").unwrap_err();
+        assert!(
+            rest_without.to_string().contains("rest_url"),
+            "{rest_without}"
+        );
+        let events_without = config(r#"rest_url = "http://m""#, "events").unwrap_err();
+        assert!(
+            events_without.to_string().contains("`[crm] url`"),
+            "{events_without}"
+        );
+    }
+}

@@ -362,8 +362,9 @@ impl Telemetry {
                 self.count(WEBHOOKS_ACCEPTED, &[("Provider", provider)]);
             }
             Err(rejection) => {
-                // The message may quote the payload, numbers included.
-                let message = mask_numbers_in(&rejection.message);
+                // The message may quote the payload, numbers included. (`message` is the log
+                // line's own.)
+                let detail = mask_numbers_in(&rejection.message);
                 macro_rules! refused {
                     ($level:expr) => {
                         tracing::event!(
@@ -374,7 +375,7 @@ impl Telemetry {
                             status = rejection.status,
                             reason = rejection.error,
                             field = rejection.field,
-                            message,
+                            detail,
                             latency_ms,
                             "webhook refused"
                         )
@@ -554,6 +555,13 @@ mod tests {
             resource_id: "call_1".into(),
             call_key: "c1".into(),
         };
+        let refused = Rejection::new(400, "invalid_payload", "`from` `+3228992675` is no number");
+        let lines = json_lines(|| {
+            telemetry.webhook("voys", "acme", Err(&refused), Duration::from_millis(3))
+        });
+        assert_eq!(lines[0]["message"], "webhook refused");
+        assert_eq!(lines[0]["reason"], "invalid_payload");
+        assert_eq!(lines[0]["detail"], "`from` `+*******675` is no number");
         let refused = Rejection::new(401, "unauthorized", "no token");
         for (provider, answer) in [
             ("voys", Ok(&accepted)),
@@ -566,6 +574,13 @@ mod tests {
         assert_eq!(
             metrics.total(WEBHOOKS_ACCEPTED, &[("Provider", "voys")]),
             2.0
+        );
+        assert_eq!(
+            metrics.total(
+                WEBHOOKS_REJECTED,
+                &[("Provider", "voys"), ("Reason", "invalid_payload")]
+            ),
+            1.0
         );
         for provider in ["teltel", "unknown"] {
             assert_eq!(
@@ -580,6 +595,36 @@ mod tests {
             metrics.to_json()["WebhooksAccepted{Provider=voys}"],
             json!(2.0)
         );
+    }
+
+    /// What a JSON subscriber writes, as on Lambda.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The JSON lines `log` writes.
+    fn json_lines(log: impl FnOnce()) -> Vec<Value> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
@@ -610,6 +655,29 @@ mod tests {
             received_at: Some(received.unwrap()),
         };
         let took = Duration::from_millis(20);
+        let lines = json_lines(|| {
+            telemetry.delivery_attempt(
+                &connection,
+                &call,
+                &delivery,
+                &DeliveryOutcome::Delivered,
+                took,
+            )
+        });
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert_eq!(line["message"], "delivery attempt");
+        assert_eq!(
+            (&line["connection"], &line["provider"], &line["call_key"]),
+            (&json!("acme"), &json!("voys"), &json!("c1"))
+        );
+        assert_eq!(line["resource_id"], json!(delivery.resource_id));
+        assert_eq!(
+            (&line["revision"], &line["outcome"]),
+            (&json!(1), &json!("delivered"))
+        );
+        assert!(line["latency_ms"].as_f64().unwrap() >= 20.0, "{line}");
+        assert_eq!(line["external_number"], "+*******675");
         for outcome in [
             DeliveryOutcome::Retry {
                 reason: "HTTP 503".into(),
@@ -625,14 +693,15 @@ mod tests {
         }
         telemetry.retried();
         telemetry.parked();
-        for outcome in ["delivered", "retry", "refused"] {
+        assert_eq!(metrics.total(DELIVERIES, &[("Outcome", "delivered")]), 2.0);
+        for outcome in ["retry", "refused"] {
             assert_eq!(metrics.total(DELIVERIES, &[("Outcome", outcome)]), 1.0);
         }
         let latency = metrics.snapshot()[DELIVERY_LATENCY];
-        assert_eq!(latency.count, 1);
+        assert_eq!(latency.count, 2);
         assert!(latency.sum >= 250.0, "{latency:?}");
         assert_eq!(metrics.total(RETRIES, &[]), 1.0);
         assert_eq!(metrics.total(DELIVERIES_PARKED, &[]), 1.0);
-        assert_eq!(metrics.to_json()[DELIVERY_LATENCY]["count"], 1);
+        assert_eq!(metrics.to_json()[DELIVERY_LATENCY]["count"], 2);
     }
 }

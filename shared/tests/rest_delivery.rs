@@ -141,7 +141,8 @@ async fn create(
     }
     let id = {
         let mut created = state.created.lock().unwrap();
-        let id = format!("morph_{}_{}", model, created.len() + 1);
+        let n = created.iter().filter(|(m, _)| *m == model).count() + 1;
+        let id = format!("morph_{model}_{n}");
         created.push((model.clone(), id.clone()));
         id
     };

@@ -134,7 +134,7 @@ impl AwsBridge {
             .expect("an ingest per provider");
         let route = routes
             .iter()
-            .find(|r| r.method == request.method)
+            .find(|r| r.method == request.method && r.path.starts_with("/webhooks/"))
             .unwrap_or_else(|| {
                 panic!(
                     "the template has no {} route for {provider}",

@@ -269,6 +269,11 @@ impl Sender {
         format!("{}/webhooks/{provider}/{connection}", self.url)
     }
 
+    /// The server's URL of `path` (`/telsmart/<connection>/activate`).
+    pub fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }

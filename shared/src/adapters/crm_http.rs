@@ -154,7 +154,7 @@ fn lost(request: &RestRequest, reason: String) -> DeliveryOutcome {
     if request.is_create() {
         DeliveryOutcome::Uncertain {
             reason: format!(
-                "the create of the {} got no answer ({reason}): Morph may have made it",
+                "the create of the {} got no answer ({reason}): Morph may have made it, and sending it again could make two. Look for it in Morph, then `callbridge calls resolve` (docs/crm.md)",
                 request.model
             ),
         }

@@ -219,3 +219,89 @@ pub fn envelope(event: MorphEventType, resource_id: &str, call: &TelephonyCall) 
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::event::{CallEvent, EventKind};
+    use crate::domain::fold::fold;
+    use crate::domain::time::Timestamp;
+
+    fn connection(extra: &str) -> Connection {
+        let config = Config::parse(&format!(
+            r#"
+            [[connections]]
+            id = "acme"
+            provider = "telsmart"
+            token = "acme-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            users = {{ "200" = "usr_john", "210" = "usr_jane" }}
+            {extra}
+            "#
+        ));
+        config.unwrap().connections().unwrap().remove(0)
+    }
+
+    fn state(external_number: &str) -> CallState {
+        let at = Timestamp::from_micros(1_765_209_366_386_177).unwrap();
+        let mut event = CallEvent::new(Provider::Telsmart, "c1", at, EventKind::Ringing);
+        event.id = "e1".into();
+        event.direction = Some(Direction::Inbound);
+        event.internal_number = Some("200".into());
+        event.participants = vec!["200".into()];
+        event.external_number = Some(external_number.into());
+        fold(&[event], &[]).unwrap()
+    }
+
+    fn contact_ids(call: &TelephonyCall) -> Vec<String> {
+        call.fields
+            .contacts
+            .iter()
+            .map(|c| format!("{}:{}", c.model, c.id))
+            .collect()
+    }
+
+    #[test]
+    fn the_static_directory_finds_the_other_party_however_the_number_is_written() {
+        let c = connection(
+            r#"default_country = "BE"
+            contacts = { "+32 2 899 26 75" = "contact_123" }"#,
+        );
+        for written in [
+            "+3228992675",
+            "02 899 26 75",
+            "0032 2 899 26 75",
+            "3228992675",
+        ] {
+            let call = to_resource(&state(written), &c, &BTreeMap::new());
+            assert_eq!(
+                contact_ids(&call),
+                ["genericContact:contact_123"],
+                "{written}"
+            );
+        }
+        let stranger = to_resource(&state("+3225551234"), &c, &BTreeMap::new());
+        assert!(stranger.fields.contacts.is_empty());
+        // An internal call has no other party to look up.
+        let internal = to_resource(&state("210"), &c, &BTreeMap::new());
+        assert!(internal.fields.contacts.is_empty());
+    }
+
+    #[test]
+    fn a_looked_up_contact_counts_unless_the_static_directory_says_otherwise() {
+        let c = connection(r#"contacts = { "+3228992675" = "contact_static" }"#);
+        let looked_up = BTreeMap::from([
+            ("+3228992675".to_string(), Some("contact_http".to_string())),
+            ("+3225551234".to_string(), Some("contact_456".to_string())),
+            ("+3225559999".to_string(), None),
+        ]);
+        let ids = |number| contact_ids(&to_resource(&state(number), &c, &looked_up));
+        assert_eq!(ids("+3228992675"), ["genericContact:contact_static"]);
+        assert_eq!(ids("+3225551234"), ["genericContact:contact_456"]);
+        assert!(ids("+3225559999").is_empty());
+        // Without a default country a national number is nobody's.
+        assert!(ids("02 555 12 34").is_empty());
+    }
+}

@@ -53,6 +53,15 @@ async fn push(
         Some((record, _)) => record.remote,
         None => anyhow::bail!("the call's record is gone"),
     };
+    if remote.create_sent.is_some() {
+        // An operator may have settled it from another process (`callbridge calls resolve`),
+        // behind a store's cache: only a write is sure to see what is stored.
+        change(store, call, |record| {
+            remote = record.remote.clone();
+            true
+        })
+        .await?;
+    }
     if let Some(sent) = remote.create_sent {
         let age = Duration::from_micros(
             now()
@@ -66,7 +75,10 @@ async fn push(
                 reason: format!("a create of the {} may be under way", sent.model),
                 retry_after: Some(left),
             },
-            None => uncertain(sent.model, "an earlier attempt"),
+            None => uncertain(
+                sent.model,
+                "an earlier attempt got no answer from Morph that says whether it made it",
+            ),
         });
     }
     for model in rest::steps(delivery, &remote) {
@@ -97,7 +109,7 @@ async fn push(
         };
         if request.is_create() {
             let Some(id) = id else {
-                return Ok(uncertain(model, "Morph's answer, which had no id,"));
+                return Ok(uncertain(model, "Morph took it but its answer named no id"));
             };
             change(store, call, |record| record.remote.created(model, &id)).await?;
             remote.created(model, &id);
@@ -113,10 +125,10 @@ async fn push(
     Ok(DeliveryOutcome::Delivered)
 }
 
-fn uncertain(model: RestModel, after: &str) -> DeliveryOutcome {
+fn uncertain(model: RestModel, what_happened: &str) -> DeliveryOutcome {
     DeliveryOutcome::Uncertain {
         reason: format!(
-            "a create of the {model} was sent and {after} left it unknown whether Morph made it: sending it again could make two. Check Morph, then resolve the call (docs/crm.md)"
+            "a create of the {model} was sent and {what_happened}: sending it again could make two. Look for it in Morph, then `callbridge calls resolve` (docs/crm.md)"
         ),
     }
 }
