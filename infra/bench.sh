@@ -52,7 +52,9 @@ run_coldstart() {
   .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   pids+=($!)
   resources=$out/resources.json
-  .venv/bin/python infra/aws/resources.py --endpoint "http://127.0.0.1:$port" --param NamePrefix=bench >"$resources"
+  # The CRM of the template is the one the harness answers; resources.py needs one.
+  .venv/bin/python infra/aws/resources.py --endpoint "http://127.0.0.1:$port" --param NamePrefix=bench \
+    --param CrmUrl=http://127.0.0.1:9/events >"$resources"
   .venv/bin/python benches/coldstart/coldstart.py --runs 10 --endpoint "http://127.0.0.1:$port" \
     --resources "$resources" --json "$out/coldstart-invoke.json" "${binaries[@]}"
 }

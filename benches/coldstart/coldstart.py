@@ -430,7 +430,7 @@ def one_run(server, api, name, binary, memory_mb, settings, endpoint, events, ex
         "invoke_ms": [s * 1000 for s in run.invoke_s],
         # What the function wrote (its logs: CloudWatch bills them), init included.
         "output_bytes": len(output.encode()),
-        "output": output[-2000:],
+        "output": output[-6000:],
     }
 
 

@@ -3,6 +3,13 @@ use callbridge::connections;
 use callbridge::{calls, deliveries, recorder, replay, serve};
 use clap::{Parser, Subcommand};
 
+// The local server allocates and frees on every thread all the time (JSON values, SQLite rows,
+// HTTP buffers). Under load glibc's malloc made its latency fall apart (p99 end to end over
+// 500 ms at 5,000 webhooks/s); jemalloc keeps it at about 15 ms (BENCHMARKS.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// callbridge: telephony webhooks in, Morph telephonyCall events out.
 #[derive(Parser)]
 #[command(version, about)]

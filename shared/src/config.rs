@@ -49,7 +49,8 @@ pub struct CrmConfig {
     /// `delivery = "rest"`; without it (and without `url`) their requests are printed.
     #[serde(default)]
     pub rest_url: Option<String>,
-    /// The REST API key and secret of connections that have none of their own.
+    /// The REST API key and secret of connections that have none of their own (given to them
+    /// when the connections are read, and by `callbridge connections import`).
     #[serde(default)]
     pub api_key: Option<Secret>,
     #[serde(default)]
@@ -69,7 +70,7 @@ impl std::fmt::Debug for Secret {
 
 impl CrmConfig {
     /// The REST credentials of connections without their own.
-    pub fn api_credentials(&self) -> anyhow::Result<Option<ApiCredentials>> {
+    fn api_credentials(&self) -> anyhow::Result<Option<ApiCredentials>> {
         api_credentials("[crm]", self.api_key.as_ref(), self.api_secret.as_ref())
     }
 }
@@ -355,10 +356,20 @@ impl Config {
         Ok(())
     }
 
+    /// The connections; one in REST mode without credentials of its own takes `[crm]`'s, so
+    /// they travel with it (into the encrypted connections table on AWS).
     pub fn connections(&self) -> anyhow::Result<Vec<Connection>> {
+        let shared = self.crm.api_credentials()?;
         self.connections
             .iter()
-            .map(ConnectionConfig::to_connection)
+            .map(|c| {
+                let mut connection = c.to_connection()?;
+                if connection.delivery == DeliveryMode::Rest && connection.api_credentials.is_none()
+                {
+                    connection.api_credentials.clone_from(&shared);
+                }
+                Ok(connection)
+            })
             .collect()
     }
 }
@@ -423,7 +434,10 @@ mod tests {
         );
         let activation = telsmart.activation.unwrap();
         assert_eq!(activation.user_id("t1", "220"), "usr_220");
-        assert!(config.crm.api_credentials().unwrap().is_some());
+        assert_eq!(
+            telsmart.api_credentials.unwrap().api_key,
+            "this-connection-s-morph-api-key"
+        );
         // Secrets never show.
         let shown = format!("{config:?} {:?}", config.connections().unwrap());
         for secret in [
@@ -433,6 +447,40 @@ mod tests {
         ] {
             assert!(!shown.contains(secret), "{secret} shows");
         }
+    }
+
+    #[test]
+    fn a_rest_connection_without_credentials_takes_the_crms() {
+        let config = Config::parse(
+            r#"
+            [crm]
+            api_key = "shared-key"
+            api_secret = "shared-secret"
+
+            [[connections]]
+            id = "rest"
+            provider = "telsmart"
+            token = "rest-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            delivery = "rest"
+
+            [[connections]]
+            id = "events"
+            provider = "telsmart"
+            token = "events-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            "#,
+        )
+        .unwrap();
+        let connections = config.connections().unwrap();
+        assert_eq!(
+            connections[0].api_credentials.as_ref().unwrap().api_key,
+            "shared-key"
+        );
+        // A connection that takes events has no use for them, so they stay where they are.
+        assert!(connections[1].api_credentials.is_none());
     }
 
     #[test]

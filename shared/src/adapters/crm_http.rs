@@ -18,15 +18,8 @@ pub struct HttpCrm {
     client: reqwest::Client,
     /// Where the events go; `None`: a deployment that writes over REST only.
     events_url: Option<String>,
-    rest: Option<RestApi>,
-}
-
-/// Where Morph's REST API is, and the credentials of connections without their own.
-#[derive(Clone, Debug)]
-pub struct RestApi {
-    /// The API's root; requests go to `{base_url}/v1/resources/...`.
-    pub base_url: String,
-    pub credentials: Option<ApiCredentials>,
+    /// The root of Morph's REST API; requests go to `{rest_url}/v1/resources/...`.
+    rest_url: Option<String>,
 }
 
 /// A create's answer: `{"object": "resourceRef", "model", "id", "remote": {"id"}}`; only the
@@ -42,11 +35,11 @@ impl HttpCrm {
         Self::build(Some(url.into()), None, timeout)
     }
 
-    /// Events to `events_url`, REST requests to `rest`; either may be absent, and what goes
+    /// Events to `events_url`, REST requests to `rest_url`; either may be absent, and what goes
     /// nowhere is refused (the configuration check makes that a mistake of the operator).
     pub fn build(
         events_url: Option<String>,
-        rest: Option<RestApi>,
+        rest_url: Option<String>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
@@ -57,7 +50,7 @@ impl HttpCrm {
         Ok(Self {
             client,
             events_url,
-            rest,
+            rest_url,
         })
     }
 }
@@ -84,26 +77,22 @@ impl Crm for HttpCrm {
     }
 
     async fn request(&self, connection: &Connection, request: &RestRequest) -> RestOutcome {
-        let Some(rest) = &self.rest else {
+        let Some(rest_url) = &self.rest_url else {
             return RestOutcome::NotTaken(not_configured(
                 "REST requests",
                 "crm.rest_url (CRM_REST_URL)",
             ));
         };
-        let Some(credentials) = connection
-            .api_credentials
-            .as_ref()
-            .or(rest.credentials.as_ref())
-        else {
+        let Some(credentials) = &connection.api_credentials else {
             return RestOutcome::NotTaken(DeliveryOutcome::Reject {
                 status: 401,
                 body: format!(
-                    "connection `{}` has no REST API key and secret, and the deployment none either",
+                    "connection `{}` has no REST API key and secret (its own, or `[crm]`'s)",
                     connection.id
                 ),
             });
         };
-        let url = format!("{}{}", rest.base_url.trim_end_matches('/'), request.path);
+        let url = format!("{}{}", rest_url.trim_end_matches('/'), request.path);
         let method = match request.method {
             RestMethod::Post => reqwest::Method::POST,
             RestMethod::Patch => reqwest::Method::PATCH,

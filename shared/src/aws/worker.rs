@@ -26,8 +26,8 @@ use super::usage::{Usage, UsageCounts};
 use super::users::DynamoUsers;
 use super::{number_or, process_env, required};
 use crate::adapters::contact_http::HttpContactLookup;
-use crate::adapters::crm_http::{HttpCrm, RestApi};
-use crate::domain::connection::{ApiCredentials, Connection};
+use crate::adapters::crm_http::HttpCrm;
+use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord};
 use crate::pipeline::activation::WithActivatedUsers;
 use crate::pipeline::delivery::push_outbox;
@@ -66,9 +66,8 @@ pub struct WorkerSettings {
     /// `CRM_TIMEOUT_MS` (default 5000): per delivery.
     pub crm_timeout: Duration,
     /// `CRM_REST_URL` (optional): the root of Morph's REST API, for connections with
-    /// `delivery = "rest"`; with `CRM_API_KEY` and `CRM_API_SECRET` for connections without
-    /// credentials of their own.
-    pub crm_rest: Option<RestApi>,
+    /// `delivery = "rest"` (whose credentials are in the connections table).
+    pub crm_rest_url: Option<String>,
 }
 
 impl WorkerSettings {
@@ -83,7 +82,7 @@ impl WorkerSettings {
             ),
             crm_url: required(&vars, "CRM_URL")?,
             crm_timeout: Duration::from_millis(number_or(&vars, "CRM_TIMEOUT_MS", 5_000)?),
-            crm_rest: rest_api(&vars)?,
+            crm_rest_url: vars("CRM_REST_URL").filter(|url| !url.is_empty()),
         })
     }
 
@@ -91,29 +90,10 @@ impl WorkerSettings {
     pub fn crm(&self) -> anyhow::Result<HttpCrm> {
         HttpCrm::build(
             Some(self.crm_url.clone()),
-            self.crm_rest.clone(),
+            self.crm_rest_url.clone(),
             self.crm_timeout,
         )
     }
-}
-
-fn rest_api(vars: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<RestApi>> {
-    let set = |name: &str| vars(name).filter(|value| !value.is_empty());
-    let Some(base_url) = set("CRM_REST_URL") else {
-        return Ok(None);
-    };
-    let credentials = match (set("CRM_API_KEY"), set("CRM_API_SECRET")) {
-        (Some(api_key), Some(api_secret)) => Some(ApiCredentials {
-            api_key,
-            api_secret,
-        }),
-        (None, None) => None,
-        _ => anyhow::bail!("CRM_API_KEY and CRM_API_SECRET go together"),
-    };
-    Ok(Some(RestApi {
-        base_url,
-        credentials,
-    }))
 }
 
 /// The handler, built once per container.

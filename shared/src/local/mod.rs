@@ -19,7 +19,7 @@ mod worker;
 mod tests;
 
 use crate::adapters::contact_http::HttpContactLookup;
-use crate::adapters::crm_http::{HttpCrm, RestApi};
+use crate::adapters::crm_http::HttpCrm;
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
@@ -60,16 +60,9 @@ pub fn crm(config: &CrmConfig) -> anyhow::Result<Arc<dyn Crm>> {
     if config.url.is_none() && config.rest_url.is_none() {
         return Ok(Arc::new(StdoutCrm::default()));
     }
-    let rest = match &config.rest_url {
-        Some(base_url) => Some(RestApi {
-            base_url: base_url.clone(),
-            credentials: config.api_credentials()?,
-        }),
-        None => None,
-    };
     Ok(Arc::new(HttpCrm::build(
         config.url.clone(),
-        rest,
+        config.rest_url.clone(),
         Duration::from_millis(config.timeout_ms),
     )?))
 }
