@@ -374,6 +374,23 @@ impl Config {
     }
 }
 
+/// The `acme` Telsmart connection the unit tests use, with `keys` added to its block.
+#[cfg(test)]
+pub(crate) fn test_connection(keys: &str) -> anyhow::Result<Connection> {
+    let config = Config::parse(&format!(
+        r#"
+        [[connections]]
+        id = "acme"
+        provider = "telsmart"
+        token = "acme-token-0123456789"
+        connector_id = "conn"
+        owner_id = "owner"
+        {keys}
+        "#
+    ))?;
+    Ok(config.connections()?.remove(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,21 +419,6 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    fn connection_with(keys: &str) -> anyhow::Result<Connection> {
-        let config = Config::parse(&format!(
-            r#"
-            [[connections]]
-            id = "acme"
-            provider = "telsmart"
-            token = "acme-token-0123456789"
-            connector_id = "conn"
-            owner_id = "owner"
-            {keys}
-            "#
-        ))?;
-        Ok(config.connections()?.remove(0))
     }
 
     #[test]
@@ -485,7 +487,7 @@ mod tests {
 
     #[test]
     fn contact_numbers_are_read_in_the_connections_country() {
-        let c = connection_with(
+        let c = test_connection(
             r#"default_country = "be"
             contacts = { "02 899 26 75" = "contact_123", "+31 20 794 8000" = "contact_nl" }"#,
         )
@@ -524,7 +526,7 @@ mod tests {
                 "{user_extension}",
             ),
         ] {
-            let error = connection_with(keys).unwrap_err().to_string();
+            let error = test_connection(keys).unwrap_err().to_string();
             assert!(error.contains(expected), "{keys}: {error}");
         }
         let teltel = Config::parse(

@@ -19,6 +19,7 @@
 //! Cases per test: `CALLBRIDGE_FUZZ_CASES` (default 1000); seed: `CALLBRIDGE_FUZZ_SEED`
 //! (default: random, printed). A long run is `infra/fuzz.sh`.
 
+mod common;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::Connection;
 use callbridge_shared::domain::event::Provider;
@@ -29,12 +30,12 @@ use callbridge_shared::pipeline::ingest::{
 };
 use callbridge_shared::pipeline::signature::SigningKey;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
+use common::repo_root;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,6 @@ use std::time::{Duration, Instant};
 const SLOW: Duration = Duration::from_secs(3);
 
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn token_of(provider: Provider) -> String {
     format!("demo-{provider}-token-change-me")
@@ -116,26 +113,10 @@ fn received_at() -> Timestamp {
 
 /// Every scenario webhook, with its provider.
 fn scenario_webhooks() -> Vec<(Provider, Value)> {
-    let mut all = Vec::new();
-    for provider in Provider::ALL {
-        let dir = repo_root().join("tests/scenarios").join(provider.as_str());
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-        paths.sort();
-        for path in paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if !name.ends_with(".json") || name.ends_with(".expected.json") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let list: Value = serde_json::from_str(&text).unwrap();
-            for webhook in list.as_array().unwrap() {
-                all.push((provider, webhook.clone()));
-            }
-        }
-    }
+    let all: Vec<(Provider, Value)> = common::scenario_files()
+        .into_iter()
+        .flat_map(|file| file.webhooks.into_iter().map(move |w| (file.provider, w)))
+        .collect();
     assert!(
         all.len() > 20,
         "the scenarios are missing: {} webhooks",

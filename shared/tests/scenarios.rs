@@ -6,6 +6,7 @@
 //! - shuffled, with every webhook repeated up to three times, the same final resources, one
 //!   `created` per resource and no `updated` that repeats the previous revision.
 
+mod common;
 use callbridge_shared::adapters::contact_http::HttpContactLookup;
 use callbridge_shared::adapters::memory::MemoryStore;
 use callbridge_shared::config::Config;
@@ -16,13 +17,9 @@ use callbridge_shared::domain::record::CallKey;
 use callbridge_shared::domain::time::Timestamp;
 use callbridge_shared::pipeline::worker;
 use callbridge_shared::ports::{CallStore, QueuedWebhook};
+use common::repo_root;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 struct Scenario {
     name: String,
@@ -32,39 +29,15 @@ struct Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let mut all = Vec::new();
-    for provider in Provider::ALL {
-        let dir = repo_root().join("tests/scenarios").join(provider.as_str());
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-        paths.sort();
-        for path in paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if !name.ends_with(".json") || name.ends_with(".expected.json") {
-                continue;
-            }
-            let expected_path = path.with_extension("expected.json");
-            let read = |p: &Path| -> Value {
-                serde_json::from_str(
-                    &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-                )
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            };
-            let webhooks = read(&path)
-                .as_array()
-                .unwrap_or_else(|| panic!("{name}: not a list"))
-                .clone();
-            all.push(Scenario {
-                name: format!("{provider}/{name}"),
-                provider,
-                webhooks,
-                expected: read(&expected_path),
-            });
-        }
-    }
-    all
+    common::scenario_files()
+        .into_iter()
+        .map(|file| Scenario {
+            expected: file.expected(),
+            name: file.name,
+            provider: file.provider,
+            webhooks: file.webhooks,
+        })
+        .collect()
 }
 
 fn connection(id: &str) -> Connection {

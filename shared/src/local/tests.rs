@@ -22,17 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn connection() -> Connection {
-    let config = crate::config::Config::parse(
-        r#"
-        [[connections]]
-        id = "acme"
-        provider = "telsmart"
-        token = "acme-token-0123456789"
-        connector_id = "conn"
-        owner_id = "owner"
-        "#,
-    );
-    config.unwrap().connections().unwrap().remove(0)
+    crate::config::test_connection("").unwrap()
 }
 
 fn resource(call: &str) -> String {
