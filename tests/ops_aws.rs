@@ -7,6 +7,8 @@
 
 #[allow(dead_code)]
 mod aws_support;
+#[path = "support/command.rs"]
+mod command;
 #[allow(dead_code)]
 #[path = "support/scenario.rs"]
 mod scenario;
@@ -76,20 +78,11 @@ async fn callbridge(bridge: &AwsBridge, args: &[&str]) -> Output {
 }
 
 async fn succeeds(bridge: &AwsBridge, args: &[&str]) -> String {
-    let output = callbridge(bridge, args).await;
-    assert!(
-        output.status.success(),
-        "callbridge {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
+    command::succeeded(args, callbridge(bridge, args).await)
 }
 
 async fn fails(bridge: &AwsBridge, args: &[&str]) -> String {
-    let output = callbridge(bridge, args).await;
-    assert!(!output.status.success(), "callbridge {args:?} succeeded");
-    String::from_utf8(output.stderr).expect("UTF-8")
+    command::failed(args, callbridge(bridge, args).await)
 }
 
 async fn show(bridge: &AwsBridge, resource_id: &str) -> Value {

@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
 use support::bridge::{Bridge, CrmSettings, Sender, Setup};
+use support::command;
 use support::scenario::{self, Scenario};
 
 /// Telsmart's answered incoming call: three webhooks, three revisions, a caller's number.
@@ -39,14 +40,7 @@ async fn callbridge(config: &Path, args: &[&str]) -> Output {
 
 /// Runs a command that must succeed; returns its standard output.
 async fn succeeds(config: &Path, args: &[&str]) -> String {
-    let output = callbridge(config, args).await;
-    assert!(
-        output.status.success(),
-        "callbridge {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
+    command::succeeded(args, callbridge(config, args).await)
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -6,4 +6,5 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod command;
 pub mod scenario;
