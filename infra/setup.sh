@@ -20,7 +20,7 @@ ensure_venv() {
   fi
   echo "setup: installing $requirements into $venv" >&2
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r "$requirements"
   echo "$want" > "$stamp"
 }
 
