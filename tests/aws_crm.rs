@@ -5,7 +5,6 @@
 //!
 //! Needs `moto_server` (on the PATH or in `.venv`, installed by `infra/setup.sh`).
 
-#[allow(dead_code)]
 mod aws_support;
 #[allow(dead_code)]
 #[path = "support/scenario.rs"]

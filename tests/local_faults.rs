@@ -11,36 +11,17 @@ mod support;
 
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::time::Timestamp;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Setup};
-use support::scenario::{self, Scenario, assert_no_stranger, copies_of, on_copies};
+use support::faults::{
+    assert_all_delivered, assert_delivered_with_repeats, delivered_resources, events_of,
+    fail_resources, refusals, scenarios_with_later_events, transient_failures, tried,
+    tries_per_key,
+};
+use support::scenario::{Scenario, copies_of, on_copies};
 
 /// The Retry-After of the 429 that asks for one.
 const RETRY_AFTER_SECS: u64 = 1;
-
-/// Tries per idempotency key, among the events of `resources`.
-fn tries_per_key<'a>(events: &'a [RecordedEvent], resources: &[String]) -> HashMap<&'a str, usize> {
-    let mut tries = HashMap::new();
-    for e in events {
-        if e.resource_id()
-            .is_some_and(|id| resources.iter().any(|r| r == id))
-            && let Some(key) = e.idempotency_key()
-        {
-            *tries.entry(key).or_default() += 1;
-        }
-    }
-    tries
-}
-
-/// The resources of a scenario the CRM is sent anything for.
-fn delivered_resources(s: &Scenario) -> Vec<String> {
-    s.expected
-        .calls
-        .iter()
-        .filter(|(_, call)| !call.events.is_empty())
-        .map(|(key, _)| s.resource_id(key))
-        .collect()
-}
 
 fn micros(event: &RecordedEvent) -> i64 {
     Timestamp::parse_rfc3339(&event.received_at)
@@ -48,47 +29,13 @@ fn micros(event: &RecordedEvent) -> i64 {
         .as_micros()
 }
 
-/// Scenarios whose every call has at least two events, so a held-up first delivery has
-/// later ones waiting behind it.
-fn scenarios_with_later_events() -> Vec<Scenario> {
-    scenario::all()
-        .into_iter()
-        .filter(|s| s.expected.calls.values().all(|c| c.events.len() >= 2))
-        .collect()
-}
-
-fn fail_resources(victims: &[(Scenario, Answer)]) -> Behaviour {
-    Behaviour {
-        fail_resources: victims
-            .iter()
-            .flat_map(|(s, answer)| s.resource_ids().into_iter().map(move |id| (id, *answer)))
-            .collect(),
-        ..Behaviour::default()
-    }
-}
-
-fn assert_all_delivered(scenarios: &[Scenario], events: &[RecordedEvent]) {
-    for s in scenarios {
-        s.assert_in_order(events);
-        s.assert_deliveries(events);
-    }
-    assert_no_stranger(scenarios, events);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after() {
-    let faults = [
-        Answer::status(500),
-        Answer::status(502),
-        Answer::status(503),
-        Answer::status(504),
-        Answer::status(429),
-        Answer::retry_after(429, RETRY_AFTER_SECS),
-        Answer::reset(),
-    ];
+    let faults = transient_failures(RETRY_AFTER_SECS);
     let all = on_copies(&scenarios_with_later_events(), "transient");
     assert!(all.len() >= faults.len() + 3, "too few scenarios");
-    let victims: Vec<(Scenario, Answer)> = all.iter().cloned().zip(faults).collect();
+    let victims: Vec<(Scenario, Answer)> =
+        all.iter().cloned().zip(faults.iter().copied()).collect();
     let healthy = &all[faults.len()..];
     let recorder = Recorder::start("127.0.0.1:0", fail_resources(&victims))
         .await
@@ -107,11 +54,7 @@ async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after
     // While every victim's first delivery has been tried three times, the others arrive.
     let flowing = |events: &[RecordedEvent]| {
         healthy.iter().all(|s| s.delivered_in_order(events))
-            && victims.iter().all(|(s, _)| {
-                tries_per_key(events, &delivered_resources(s))
-                    .values()
-                    .any(|n| *n >= 3)
-            })
+            && victims.iter().all(|(s, _)| tried(s, events, 3))
     };
     let events = match recorder
         .wait_for(
@@ -125,14 +68,7 @@ async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after
         Err(e) => panic!("{e}\nthe server printed:\n{}", bridge.output()),
     };
     for (s, answer) in &victims {
-        let ids = s.resource_ids();
-        let mine: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| {
-                e.resource_id()
-                    .is_some_and(|id| ids.iter().any(|i| i == id))
-            })
-            .collect();
+        let mine = events_of(s, &events);
         assert!(
             mine.iter().all(|e| e.status == answer.status),
             "{} got through while the CRM answered {answer}:\n{}",
@@ -197,13 +133,7 @@ async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
     for s in &scenarios {
         bridge.post_in_file_order(s).await;
     }
-    let timed_out_twice = |events: &[RecordedEvent]| {
-        scenarios.iter().all(|s| {
-            tries_per_key(events, &delivered_resources(s))
-                .values()
-                .any(|n| *n >= 3)
-        })
-    };
+    let timed_out_twice = |events: &[RecordedEvent]| scenarios.iter().all(|s| tried(s, events, 3));
     if let Err(e) = recorder
         .wait_for(
             "every scenario timed out twice",
@@ -219,45 +149,23 @@ async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
     let events = bridge
         .settled_scenarios(&recorder, &scenarios, Scenario::delivered_in_order)
         .await;
-    // The CRM took the first try of each key that timed out: the retries are repeats of it,
-    // same key and same body (checked by `assert_deliveries`), which it ignores.
-    assert_all_delivered(&scenarios, &events);
-    let repeats = events.iter().filter(|e| e.duplicate).count();
-    assert!(
-        repeats > 0,
-        "no repeat after a timeout:\n{}",
-        summary(&events)
-    );
-    let mut applied = HashSet::new();
-    for e in events.iter().filter(|e| e.applied()) {
-        assert!(
-            applied.insert(e.idempotency_key()),
-            "{e} applied twice:\n{}",
-            summary(&events)
-        );
-    }
+    let (applied, repeats) = assert_delivered_with_repeats(&scenarios, &events);
     eprintln!(
-        "timeouts: {} requests, {} applied, {repeats} repeats under a taken key (same body)",
+        "timeouts: {} requests, {applied} applied, {repeats} repeats under a taken key (same body)",
         events.len(),
-        applied.len()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
     const MAX_ATTEMPTS: u32 = 4;
-    let faults = [
-        Answer::status(400),
-        Answer::status(401),
-        Answer::status(403),
-        Answer::status(404),
-        Answer::status(422),
-        // Not a refusal: retried until the attempts run out.
-        Answer::status(503),
-    ];
+    let mut faults = refusals();
+    // Not a refusal: retried until the attempts run out.
+    faults.push(Answer::status(503));
     let all = on_copies(&scenarios_with_later_events(), "refused");
     let all = &all[..faults.len() + 2];
-    let victims: Vec<(Scenario, Answer)> = all.iter().cloned().zip(faults).collect();
+    let victims: Vec<(Scenario, Answer)> =
+        all.iter().cloned().zip(faults.iter().copied()).collect();
     let healthy = &all[faults.len()..];
     let recorder = Recorder::start("127.0.0.1:0", fail_resources(&victims))
         .await

@@ -5,7 +5,6 @@
 //!
 //! Needs `moto_server` (on the PATH or in `.venv`, installed by `infra/setup.sh`).
 
-#[allow(dead_code)]
 mod aws_support;
 #[path = "support/command.rs"]
 mod command;
@@ -25,7 +24,6 @@ use callbridge_shared::telemetry::{
 };
 use scenario::Scenario;
 use serde_json::Value;
-use std::process::Output;
 use std::sync::Arc;
 
 /// Telsmart's answered incoming call: three webhooks, three revisions.
@@ -47,53 +45,17 @@ fn counting_worker(bridge: &AwsBridge, metrics: &Arc<InMemoryMetrics>) -> Worker
     bridge.worker().with_metrics(Arc::clone(metrics) as _)
 }
 
-/// Runs `callbridge ARGS` as an operator does, with the stack's outputs and the emulator in
-/// the environment.
-async fn callbridge(bridge: &AwsBridge, args: &[&str]) -> Output {
-    let (worker, _) = bridge.resources.worker_function();
-    // The emulator's queue URLs are on its own endpoint: `http://127.0.0.1:<port>/<account>/<queue>`.
-    let queue_url = &bridge.resources.queue("WebhookQueue").url;
-    let endpoint: String = queue_url.split('/').take(3).collect::<Vec<_>>().join("/");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
-        .args(args)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", &bridge.resources.region)
-        .env("AWS_ACCESS_KEY_ID", "emulator")
-        .env("AWS_SECRET_ACCESS_KEY", "emulator")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CALLS_TABLE", worker.var("CALLS_TABLE").unwrap())
-        .env(
-            "CONNECTIONS_TABLE",
-            worker.var("CONNECTIONS_TABLE").unwrap(),
-        )
-        .env("QUEUE_URL", queue_url)
-        .env(
-            "DEAD_LETTER_QUEUE_URL",
-            &bridge.resources.queue("DeadLetterQueue").url,
-        )
-        .output()
-        .await
-        .expect("callbridge runs")
-}
-
 async fn succeeds(bridge: &AwsBridge, args: &[&str]) -> String {
-    command::succeeded(args, callbridge(bridge, args).await)
+    command::succeeded(args, bridge.operator(args).await)
 }
 
 async fn fails(bridge: &AwsBridge, args: &[&str]) -> String {
-    command::failed(args, callbridge(bridge, args).await)
+    command::failed(args, bridge.operator(args).await)
 }
 
 async fn show(bridge: &AwsBridge, resource_id: &str) -> Value {
     serde_json::from_str(&succeeds(bridge, &["calls", "show", "--aws", resource_id]).await)
         .expect("calls show prints JSON")
-}
-
-async fn dead_letters(bridge: &AwsBridge) -> u64 {
-    callbridge::redrive::waiting(&bridge.sqs, &bridge.resources.queue("DeadLetterQueue").url)
-        .await
-        .expect("the dead-letter queue's attributes")
 }
 
 fn applied(events: &[RecordedEvent]) -> Vec<&RecordedEvent> {
@@ -214,7 +176,7 @@ async fn the_dead_letter_queue_is_redriven_in_order_once_the_cause_is_fixed() {
             break;
         }
     }
-    assert_eq!(dead_letters(&bridge).await, 3);
+    assert_eq!(bridge.dead_letter_count().await, 3);
     let listed = succeeds(&bridge, &["deliveries", "list", "--aws"]).await;
     assert!(listed.contains("3 webhooks"), "{listed}");
 
@@ -226,7 +188,7 @@ async fn the_dead_letter_queue_is_redriven_in_order_once_the_cause_is_fixed() {
     bridge.connections().put(&fixed).await.unwrap();
     let redriven = succeeds(&bridge, &["deliveries", "retry", "--aws"]).await;
     assert!(redriven.contains("3 webhooks moved"), "{redriven}");
-    assert_eq!(dead_letters(&bridge).await, 0);
+    assert_eq!(bridge.dead_letter_count().await, 0);
     // A new container: a warm one takes up to a minute to see the new connection.
     bridge
         .source

@@ -169,6 +169,15 @@ impl Batch {
     pub fn bodies(&self) -> Vec<&str> {
         self.received.iter().filter_map(|m| m.body()).collect()
     }
+
+    /// The messages the worker reported.
+    pub fn failures(&self) -> impl Iterator<Item = &Message> {
+        self.received.iter().filter(|m| {
+            self.failed
+                .iter()
+                .any(|id| Some(id.as_str()) == m.message_id())
+        })
+    }
 }
 
 /// The SQS event source mapping of the worker, on the emulated queue.
@@ -178,6 +187,8 @@ pub struct EventSource {
     queue_arn: String,
     region: String,
     batch_size: i32,
+    /// The queue's, in seconds.
+    visibility_timeout: i32,
     /// The function's timeout: the deadline of each invocation.
     timeout: Duration,
 }
@@ -197,6 +208,9 @@ impl EventSource {
             queue_arn: queue.arn.clone(),
             region: resources.region.clone(),
             batch_size: event.batch_size,
+            visibility_timeout: queue.attributes["VisibilityTimeout"]
+                .parse()
+                .expect("a numeric VisibilityTimeout"),
             timeout: Duration::from_secs(worker.timeout),
         }
     }
@@ -251,10 +265,40 @@ impl EventSource {
     }
 
     /// One poll: receives a batch, runs the worker on it, deletes the messages it did not
-    /// report and releases those it did. (On AWS those come back after the visibility
-    /// timeout; here at once, so the tests do not wait for it.)
+    /// report and releases those it did. (On AWS those come back after the wait the worker
+    /// set; here at once, so the tests do not wait for it.)
     pub async fn poll(&self, worker: &Worker) -> Batch {
-        let received = self.receive().await;
+        let batch = self.run(worker, self.receive().await).await;
+        for message in batch.failures() {
+            self.release(message).await;
+        }
+        batch
+    }
+
+    /// One wait: polls until the queue gives nothing, the messages the worker reported kept out
+    /// of it meanwhile (whatever wait the worker set), then lets them come back. Each message
+    /// is received at most once in a round.
+    pub async fn round(&self, worker: &Worker) -> Vec<Batch> {
+        let mut batches: Vec<Batch> = Vec::new();
+        loop {
+            let batch = self.run(worker, self.receive().await).await;
+            if batch.received.is_empty() {
+                break;
+            }
+            for message in batch.failures() {
+                self.hold(message).await;
+            }
+            batches.push(batch);
+        }
+        for message in batches.iter().flat_map(Batch::failures) {
+            self.release(message).await;
+        }
+        batches
+    }
+
+    /// Runs the worker on `received`, as the mapping does, and deletes the messages it did not
+    /// report.
+    async fn run(&self, worker: &Worker, received: Vec<Message>) -> Batch {
         if received.is_empty() {
             return Batch::default();
         }
@@ -262,18 +306,19 @@ impl EventSource {
             .handle(self.event(&received))
             .await
             .expect("the worker answers every batch");
-        let failed = failures(&response);
-        for message in &received {
-            if failed
-                .iter()
-                .any(|id| Some(id.as_str()) == message.message_id())
+        let batch = Batch {
+            failed: failures(&response),
+            received,
+        };
+        for message in &batch.received {
+            if !batch
+                .failures()
+                .any(|m| m.message_id() == message.message_id())
             {
-                self.release(message).await;
-            } else {
                 self.delete(message).await;
             }
         }
-        Batch { received, failed }
+        batch
     }
 
     /// Polls until the queue gives nothing; returns the batches.
@@ -300,11 +345,20 @@ impl EventSource {
 
     /// Makes a received message visible again, as the end of its visibility timeout does.
     pub async fn release(&self, message: &Message) {
+        self.set_visibility(message, 0).await;
+    }
+
+    /// Keeps a received message out of the queue for the queue's whole visibility timeout.
+    async fn hold(&self, message: &Message) {
+        self.set_visibility(message, self.visibility_timeout).await;
+    }
+
+    async fn set_visibility(&self, message: &Message, seconds: i32) {
         self.sqs
             .change_message_visibility()
             .queue_url(&self.queue_url)
             .receipt_handle(message.receipt_handle().expect("a receipt handle"))
-            .visibility_timeout(0)
+            .visibility_timeout(seconds)
             .send()
             .await
             .expect("change the visibility on the emulated queue");

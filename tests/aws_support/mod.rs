@@ -3,9 +3,13 @@
 //! emulator: the four ingest handlers and the worker configured from the template, fed and
 //! drained the way API Gateway and the SQS event source mapping do.
 
+// Each test file uses its own part of these helpers.
+#![allow(dead_code)]
+
 pub mod emulator;
 pub mod lambda;
 
+use super::scenario::Scenario;
 use callbridge_shared::aws::aws_config::SdkConfig;
 use callbridge_shared::aws::aws_sdk_dynamodb::Client as DynamoClient;
 use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
@@ -18,6 +22,7 @@ use callbridge_shared::ports::Crm;
 use emulator::{Resources, Route};
 use lambda::{EventSource, HttpAnswer, HttpRequest};
 use serde_json::Value;
+use std::process::Output;
 use std::sync::Arc;
 
 pub struct AwsBridge {
@@ -165,10 +170,62 @@ impl AwsBridge {
         self.send(provider, &request).await
     }
 
-    /// Every message waiting in the dead-letter queue (received, not deleted).
+    /// POSTs the webhooks of `s` at the indices `order`, each of which must be accepted.
+    pub async fn post_scenario(&self, s: &Scenario, order: impl IntoIterator<Item = usize>) {
+        let token = s.token();
+        for i in order {
+            let answer = self
+                .post(s.provider, &s.connection, &token, &s.webhooks[i])
+                .await;
+            assert_eq!(
+                answer.status, 202,
+                "{} webhook {i}: {}",
+                s.name, answer.body
+            );
+        }
+    }
+
+    /// Runs `callbridge ARGS` as an operator does, with the stack's outputs and the emulator
+    /// in the environment.
+    pub async fn operator(&self, args: &[&str]) -> Output {
+        let (worker, _) = self.resources.worker_function();
+        // The emulator's queue URLs are on its own endpoint: `http://127.0.0.1:<port>/<account>/<queue>`.
+        let queue_url = &self.resources.queue("WebhookQueue").url;
+        let endpoint: String = queue_url.split('/').take(3).collect::<Vec<_>>().join("/");
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+            .args(args)
+            .env_remove("AWS_PROFILE")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", &self.resources.region)
+            .env("AWS_ACCESS_KEY_ID", "emulator")
+            .env("AWS_SECRET_ACCESS_KEY", "emulator")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("CALLS_TABLE", worker.var("CALLS_TABLE").unwrap())
+            .env(
+                "CONNECTIONS_TABLE",
+                worker.var("CONNECTIONS_TABLE").unwrap(),
+            )
+            .env("QUEUE_URL", queue_url)
+            .env(
+                "DEAD_LETTER_QUEUE_URL",
+                &self.resources.queue("DeadLetterQueue").url,
+            )
+            .output()
+            .await
+            .expect("callbridge runs")
+    }
+
+    /// How many messages the dead-letter queue holds, as the console shows it.
+    pub async fn dead_letter_count(&self) -> u64 {
+        callbridge::redrive::waiting(&self.sqs, &self.resources.queue("DeadLetterQueue").url)
+            .await
+            .expect("the dead-letter queue's attributes")
+    }
+
+    /// Every message waiting in the dead-letter queue (read, and left there for a redrive).
     pub async fn dead_letters(&self) -> Vec<String> {
         let url = &self.resources.queue("DeadLetterQueue").url;
-        let mut bodies = Vec::new();
+        let mut read = Vec::new();
         loop {
             let received = self
                 .sqs
@@ -182,9 +239,22 @@ impl AwsBridge {
                 .messages
                 .unwrap_or_default();
             if received.is_empty() {
-                return bodies;
+                break;
             }
-            bodies.extend(received.iter().filter_map(|m| m.body().map(str::to_string)));
+            read.extend(received);
         }
+        for message in &read {
+            self.sqs
+                .change_message_visibility()
+                .queue_url(url)
+                .receipt_handle(message.receipt_handle().expect("a receipt handle"))
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("release a dead letter");
+        }
+        read.iter()
+            .filter_map(|m| m.body().map(str::to_string))
+            .collect()
     }
 }

@@ -5,7 +5,8 @@
 //!   [`crate::pipeline::ingest`] and sent to the SQS FIFO queue ([`queue::SqsQueue`]), one
 //!   message group per call.
 //! - [`worker::Worker`]: the queue's consumer; each message is applied to its call's record in
-//!   DynamoDB ([`calls::DynamoCalls`]) and the record's outbox is pushed to the CRM.
+//!   DynamoDB ([`calls::DynamoCalls`]) and the record's outbox is pushed to the CRM; a message
+//!   handed back for another try comes again on the retry schedule ([`redelivery`]).
 //! - [`connections::DynamoConnections`]: the connections, read by both, written by
 //!   `callbridge connections import`.
 //! - [`users::DynamoUsers`]: the users activated through Telsmart's onboarding, written by
@@ -18,8 +19,10 @@
 
 pub mod calls;
 pub mod connections;
+pub mod dead_letters;
 pub mod ingest;
 pub mod queue;
+pub mod redelivery;
 pub mod sdk;
 pub mod usage;
 pub mod users;

@@ -13,15 +13,20 @@
 //! are processed side by side, each call's messages one after the other; a call's record is
 //! read once per batch and then kept, so an event costs one read and one write, plus one write
 //! when the CRM took a revision. When a message fails, it and every later message of its call
-//! are reported as failures and come back in order; the other calls go on. A message that can
-//! never succeed (it does not read, or its connection is gone) is logged with its reason and
-//! fails every time, until SQS moves it to the dead-letter queue after the queue's
-//! `maxReceiveCount` receives; meanwhile only its own call waits.
+//! are reported as failures and come back in order; the other calls go on. When a retry may
+//! help (the CRM or AWS unavailable), they come back after the retry schedule's wait for that
+//! receive, or the CRM's `Retry-After` ([`Redelivery`]), not after the queue's visibility
+//! timeout. A message that can never succeed (it does not read, or its connection is gone), or
+//! whose delivery the CRM refused for good, is logged with its reason and parked at once in
+//! the dead-letter queue with the rest of its call's messages in the batch ([`DeadLetters`]);
+//! the call's later messages follow it there, one receive each, until an operator redrives.
 //!
 //! [`CallRecord::mark_delivered`]: crate::domain::record::CallRecord::mark_delivered
 
 use super::calls::DynamoCalls;
 use super::connections::DynamoConnections;
+use super::dead_letters::DeadLetters;
+use super::redelivery::{Redelivery, receive_count};
 use super::usage::{Usage, UsageCounts};
 use super::users::DynamoUsers;
 use super::{number_or, process_env, required};
@@ -30,7 +35,7 @@ use crate::adapters::crm_http::HttpCrm;
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord};
 use crate::pipeline::activation::WithActivatedUsers;
-use crate::pipeline::delivery::push_outbox;
+use crate::pipeline::delivery::{RetryPolicy, push_outbox};
 use crate::pipeline::worker;
 use crate::ports::{
     CallStore, ConnectionDirectory, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
@@ -68,6 +73,15 @@ pub struct WorkerSettings {
     /// `CRM_REST_URL` (optional): the root of Morph's REST API, for connections with
     /// `delivery = "rest"` (whose credentials are in the connections table).
     pub crm_rest_url: Option<String>,
+    /// `QUEUE_URL`: the webhook queue, whose messages the worker hands back.
+    pub queue_url: String,
+    /// `DEAD_LETTER_QUEUE_URL`: where a call that cannot go on is parked at once.
+    pub dead_letter_queue_url: String,
+    /// When a message handed back for another try comes again: `RETRY_INITIAL_BACKOFF_MS`
+    /// (default 1000) after its first receive, doubling with each receive up to
+    /// `RETRY_MAX_BACKOFF_MS` (default 360000, the queue's visibility timeout). The queue's
+    /// `maxReceiveCount` bounds the attempts, so the schedule does not.
+    pub redelivery: RetryPolicy,
 }
 
 impl WorkerSettings {
@@ -83,6 +97,17 @@ impl WorkerSettings {
             crm_url: required(&vars, "CRM_URL")?,
             crm_timeout: Duration::from_millis(number_or(&vars, "CRM_TIMEOUT_MS", 5_000)?),
             crm_rest_url: vars("CRM_REST_URL").filter(|url| !url.is_empty()),
+            queue_url: required(&vars, "QUEUE_URL")?,
+            dead_letter_queue_url: required(&vars, "DEAD_LETTER_QUEUE_URL")?,
+            redelivery: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial: Duration::from_millis(number_or(
+                    &vars,
+                    "RETRY_INITIAL_BACKOFF_MS",
+                    1_000,
+                )?),
+                max: Duration::from_millis(number_or(&vars, "RETRY_MAX_BACKOFF_MS", 360_000)?),
+            },
         })
     }
 
@@ -103,6 +128,8 @@ pub struct Worker {
     connections: WithActivatedUsers,
     crm: Arc<dyn Crm>,
     contacts: HttpContactLookup,
+    redelivery: Redelivery,
+    dead_letters: DeadLetters,
     usage: Arc<Usage>,
     telemetry: Telemetry,
     /// A message is not started with less time than this left in the invocation: it could
@@ -136,6 +163,15 @@ impl Worker {
             ),
             crm,
             contacts: HttpContactLookup::default(),
+            redelivery: Redelivery::new(
+                aws_sdk_sqs::Client::new(aws),
+                &settings.queue_url,
+                settings.redelivery,
+            ),
+            dead_letters: DeadLetters::new(
+                aws_sdk_sqs::Client::new(aws),
+                &settings.dead_letter_queue_url,
+            ),
             usage,
             telemetry: Telemetry::new(Arc::new(EmfStdout::from_env())),
             reserve: settings.crm_timeout * 2 + Duration::from_secs(1),
@@ -165,8 +201,39 @@ impl Worker {
     /// One batch; the response lists the messages to receive again.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
         let (event, context) = event.into_parts();
+        let deadline = context.deadline();
         let before = self.usage();
-        let failed = self.process(&event.records, context.deadline()).await;
+        let handed_back = self.process(&event.records, deadline).await;
+        let waits: Vec<(&SqsMessage, Duration)> = handed_back
+            .iter()
+            .filter_map(|back| {
+                let wait = back.hidden_for?;
+                Some(back.messages.iter().map(move |message| (*message, wait)))
+            })
+            .flatten()
+            .collect();
+        if !waits.is_empty() {
+            let left = deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            self.redelivery.postpone(&waits, left).await;
+        }
+        let mut failed: Vec<String> = Vec::new();
+        for back in &handed_back {
+            let parked = back.hidden_for.is_none() && {
+                let left = deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                self.dead_letters.park(&back.messages, left).await
+            };
+            if !parked {
+                failed.extend(
+                    back.messages
+                        .iter()
+                        .map(|m| m.message_id.clone().unwrap_or_default()),
+                );
+            }
+        }
         let used = self.usage().since(before);
         tracing::info!(
             messages = event.records.len(),
@@ -184,10 +251,14 @@ impl Worker {
         Ok(response)
     }
 
-    /// Processes the calls of a batch side by side; returns the ids of the failed messages.
-    async fn process(&self, messages: &[SqsMessage], deadline: SystemTime) -> Vec<String> {
-        let mut groups: Vec<Vec<&SqsMessage>> = Vec::new();
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
+    /// Processes the calls of a batch side by side; returns the messages handed back.
+    async fn process<'m>(
+        &self,
+        messages: &'m [SqsMessage],
+        deadline: SystemTime,
+    ) -> Vec<HandedBack<'m>> {
+        let mut groups: Vec<Vec<&'m SqsMessage>> = Vec::new();
+        let mut group_of: HashMap<&'m str, usize> = HashMap::new();
         for message in messages {
             let group = message
                 .attributes
@@ -207,9 +278,13 @@ impl Worker {
             .collect()
     }
 
-    /// One call's messages, in order, until one fails; returns the ids of that one and of
-    /// every later one.
-    async fn run_group(&self, messages: &[&SqsMessage], deadline: SystemTime) -> Vec<String> {
+    /// One call's messages, in order, until one fails; that one and every later one are
+    /// handed back.
+    async fn run_group<'m>(
+        &self,
+        messages: &[&'m SqsMessage],
+        deadline: SystemTime,
+    ) -> Option<HandedBack<'m>> {
         let calls = BatchCalls::new(&self.calls);
         for (i, message) in messages.iter().enumerate() {
             let left = deadline
@@ -223,19 +298,25 @@ impl Worker {
                 self.run_message(&calls, message).await
             };
             if let Err(failure) = outcome {
-                failure.log(message, messages.len() - i - 1);
-                match failure.kind {
-                    FailureKind::Retry => self.telemetry.retried(),
-                    FailureKind::Rejected => self.telemetry.parked(),
-                    FailureKind::Poison => {}
-                }
-                return messages[i..]
-                    .iter()
-                    .map(|m| m.message_id.clone().unwrap_or_default())
-                    .collect();
+                let hidden_for = match failure.kind {
+                    FailureKind::Retry { retry_after } => {
+                        self.telemetry.retried();
+                        Some(self.redelivery.backoff(receive_count(message), retry_after))
+                    }
+                    FailureKind::Rejected => {
+                        self.telemetry.parked();
+                        None
+                    }
+                    FailureKind::Poison => None,
+                };
+                failure.log(message, messages.len() - i - 1, hidden_for);
+                return Some(HandedBack {
+                    messages: messages[i..].to_vec(),
+                    hidden_for,
+                });
             }
         }
-        Vec::new()
+        None
     }
 
     async fn run_message(
@@ -304,10 +385,19 @@ impl Worker {
             Some((delivery, DeliveryOutcome::Uncertain { reason })) => Err(Failure::rejected(
                 format!("{}: {reason}", delivery.idempotency_key),
             )),
-            Some((delivery, outcome)) => Err(Failure::retry(format!(
-                "the CRM did not take {}: {outcome:?}",
-                delivery.idempotency_key
-            ))),
+            Some((delivery, outcome)) => {
+                let retry_after = match &outcome {
+                    DeliveryOutcome::Retry { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                Err(Failure::retry_after(
+                    format!(
+                        "the CRM did not take {}: {outcome:?}",
+                        delivery.idempotency_key
+                    ),
+                    retry_after,
+                ))
+            }
         }
     }
 }
@@ -406,6 +496,14 @@ impl CallStore for BatchCalls<'_> {
     }
 }
 
+/// A call's messages handed back to SQS: the one that failed and those behind it.
+struct HandedBack<'m> {
+    messages: Vec<&'m SqsMessage>,
+    /// How long SQS keeps them hidden; `None`: they cannot go on, and are parked in the
+    /// dead-letter queue ([`DeadLetters`]).
+    hidden_for: Option<Duration>,
+}
+
 /// Why a message did not go through.
 struct Failure {
     kind: FailureKind,
@@ -417,8 +515,9 @@ enum FailureKind {
     Poison,
     /// The CRM refused a delivery for good: the call waits until someone fixes the cause.
     Rejected,
-    /// Worth another try (AWS or the CRM unavailable, too little time left).
-    Retry,
+    /// Worth another try (AWS or the CRM unavailable, too little time left), not before the
+    /// CRM's `Retry-After` when it gave one.
+    Retry { retry_after: Option<Duration> },
 }
 
 impl Failure {
@@ -439,11 +538,16 @@ impl Failure {
     }
 
     fn retry(reason: impl Display) -> Self {
-        Self::new(FailureKind::Retry, reason)
+        Self::retry_after(reason, None)
     }
 
-    /// `held_back`: the later messages of the call, which fail with this one to keep the order.
-    fn log(&self, message: &SqsMessage, held_back: usize) {
+    fn retry_after(reason: impl Display, retry_after: Option<Duration>) -> Self {
+        Self::new(FailureKind::Retry { retry_after }, reason)
+    }
+
+    /// `held_back`: the later messages of the call, which fail with this one to keep the order;
+    /// `hidden_for`: how long they all stay away.
+    fn log(&self, message: &SqsMessage, held_back: usize, hidden_for: Option<Duration>) {
         let attribute = |name: &str| {
             message
                 .attributes
@@ -462,7 +566,7 @@ impl Failure {
                 receive_count,
                 held_back,
                 reason,
-                "the message can never be processed: it goes to the dead-letter queue after the queue's maxReceiveCount receives"
+                "the message can never be processed: it and the call's messages behind it go to the dead-letter queue"
             ),
             FailureKind::Rejected => tracing::error!(
                 message_id,
@@ -470,15 +574,16 @@ impl Failure {
                 receive_count,
                 held_back,
                 reason,
-                "the CRM refused a delivery: the call waits, and the message goes to the dead-letter queue after the queue's maxReceiveCount receives"
+                "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
             ),
-            FailureKind::Retry => tracing::warn!(
+            FailureKind::Retry { .. } => tracing::warn!(
                 message_id,
                 group,
                 receive_count,
                 held_back,
                 reason,
-                "the message comes back after the queue's visibility timeout"
+                comes_back_in_s = hidden_for.map(|wait| wait.as_secs()),
+                "the message comes back after the retry schedule's wait"
             ),
         }
     }

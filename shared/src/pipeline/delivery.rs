@@ -1,7 +1,8 @@
 //! Delivery: a record's outbox goes to the CRM oldest first, and stops at the first delivery
 //! that does not go through, so a call's events never overtake each other. What to do with a
 //! delivery that must wait is the runner's choice (the local server retries it on the
-//! [`RetryPolicy`]; the AWS worker lets SQS redeliver the message).
+//! [`RetryPolicy`]; the AWS worker has SQS redeliver the message after the same schedule's
+//! wait).
 
 use super::rest::push_revision;
 use crate::domain::connection::{Connection, DeliveryMode};
@@ -73,14 +74,21 @@ impl RetryPolicy {
     /// The wait before attempt `attempt + 1`, after `attempt` failed attempts (1-based), or
     /// `None` when the attempts are used up.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        self.delay_with_jitter(attempt, retry_after, rand::rng().random_range(0.5..=1.0))
+    }
+
+    /// [`RetryPolicy::delay`] with its jitter given: the share of the full wait taken, from
+    /// 0.5 to 1 (a share outside takes the nearest bound).
+    pub fn delay_with_jitter(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
         if attempt >= self.max_attempts {
             return None;
         }
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max);
-        let jittered = ceiling.mul_f64(rand::rng().random_range(0.5..=1.0));
+        let jittered = self.full_wait(attempt).mul_f64(jitter.clamp(0.5, 1.0));
         Some(match retry_after {
             Some(asked) => jittered.max(asked.min(self.max)),
             None => jittered,
@@ -90,12 +98,15 @@ impl RetryPolicy {
     /// The longest the whole schedule can take, jitter aside.
     pub fn worst_case_total(&self) -> Duration {
         (1..self.max_attempts)
-            .map(|attempt| {
-                self.initial
-                    .saturating_mul(2u32.saturating_pow(attempt - 1))
-                    .min(self.max)
-            })
+            .map(|attempt| self.full_wait(attempt))
             .sum()
+    }
+
+    /// The wait after `attempt` failed attempts before the jitter takes its share.
+    fn full_wait(&self, attempt: u32) -> Duration {
+        self.initial
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max)
     }
 }
 
@@ -145,6 +156,24 @@ mod tests {
         );
         assert_eq!(defaults.worst_case_total(), Duration::from_millis(243_750));
         assert_eq!(crm.timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn the_jitter_given_is_the_share_of_the_full_wait_taken() {
+        let p = policy();
+        assert_eq!(
+            p.delay_with_jitter(4, None, 0.5),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(
+            p.delay_with_jitter(4, None, 1.0),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            p.delay_with_jitter(4, None, 3.0),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(p.delay_with_jitter(5, None, 1.0), None);
     }
 
     #[test]

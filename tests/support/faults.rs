@@ -1,0 +1,131 @@
+//! What the fault tests of the local server and of the AWS path share: the calls the CRM is
+//! told to fail, and the counts and checks of what it got.
+
+use super::scenario::{self, Scenario, assert_no_stranger};
+use callbridge::recorder::{Answer, Behaviour, RecordedEvent, summary};
+use std::collections::{HashMap, HashSet};
+
+/// Every transient failure of a CRM, each retried under the same key and body: 5xx, 429
+/// without and with a `Retry-After` of `retry_after_secs`, a connection closed unanswered.
+pub fn transient_failures(retry_after_secs: u64) -> Vec<Answer> {
+    let mut answers: Vec<Answer> = [500, 502, 503, 504, 429]
+        .into_iter()
+        .map(Answer::status)
+        .collect();
+    answers.push(Answer::retry_after(429, retry_after_secs));
+    answers.push(Answer::reset());
+    answers
+}
+
+/// The refusals no retry can fix: each is parked with the CRM's answer.
+pub fn refusals() -> Vec<Answer> {
+    [400, 401, 403, 404, 422]
+        .into_iter()
+        .map(Answer::status)
+        .collect()
+}
+
+/// Tries per idempotency key, among the events of `resources`.
+pub fn tries_per_key<'a>(
+    events: &'a [RecordedEvent],
+    resources: &[String],
+) -> HashMap<&'a str, usize> {
+    let mut tries = HashMap::new();
+    for e in events {
+        if e.resource_id()
+            .is_some_and(|id| resources.iter().any(|r| r == id))
+            && let Some(key) = e.idempotency_key()
+        {
+            *tries.entry(key).or_default() += 1;
+        }
+    }
+    tries
+}
+
+/// Whether a delivery of `s` has been tried `n` times.
+pub fn tried(s: &Scenario, events: &[RecordedEvent], n: usize) -> bool {
+    tries_per_key(events, &delivered_resources(s))
+        .values()
+        .any(|tries| *tries >= n)
+}
+
+/// The resources of a scenario the CRM is sent anything for.
+pub fn delivered_resources(s: &Scenario) -> Vec<String> {
+    s.expected
+        .calls
+        .iter()
+        .filter(|(_, call)| !call.events.is_empty())
+        .map(|(key, _)| s.resource_id(key))
+        .collect()
+}
+
+/// The events the CRM got for the calls of `s`.
+pub fn events_of<'a>(s: &Scenario, events: &'a [RecordedEvent]) -> Vec<&'a RecordedEvent> {
+    let ids = s.resource_ids();
+    events
+        .iter()
+        .filter(|e| {
+            e.resource_id()
+                .is_some_and(|id| ids.iter().any(|i| i == id))
+        })
+        .collect()
+}
+
+/// Scenarios whose every call has at least two events, so a held-up first delivery has
+/// later ones waiting behind it.
+pub fn scenarios_with_later_events() -> Vec<Scenario> {
+    scenario::all()
+        .into_iter()
+        .filter(|s| s.expected.calls.values().all(|c| c.events.len() >= 2))
+        .collect()
+}
+
+/// A CRM answering `answer` to every request about the calls of its scenario.
+pub fn fail_resources(victims: &[(Scenario, Answer)]) -> Behaviour {
+    Behaviour {
+        fail_resources: victims
+            .iter()
+            .flat_map(|(s, answer)| s.resource_ids().into_iter().map(move |id| (id, *answer)))
+            .collect(),
+        ..Behaviour::default()
+    }
+}
+
+/// Every scenario delivered in order, each revision under one key and body, and nothing else.
+pub fn assert_all_delivered(scenarios: &[Scenario], events: &[RecordedEvent]) {
+    for s in scenarios {
+        s.assert_in_order(events);
+        s.assert_deliveries(events);
+    }
+    assert_no_stranger(scenarios, events);
+}
+
+/// Each idempotency key applied once; returns how many were.
+pub fn assert_applied_once(events: &[RecordedEvent]) -> usize {
+    let mut applied = HashSet::new();
+    for e in events.iter().filter(|e| e.applied()) {
+        assert!(
+            applied.insert(e.idempotency_key()),
+            "{e} applied twice:\n{}",
+            summary(events)
+        );
+    }
+    applied.len()
+}
+
+/// After answers that came too late: every scenario delivered, and the CRM took the first try
+/// of each key that timed out, so the later ones are repeats of it, same key and same body
+/// (checked by `assert_deliveries`), which it ignores. Returns (applied, repeats).
+pub fn assert_delivered_with_repeats(
+    scenarios: &[Scenario],
+    events: &[RecordedEvent],
+) -> (usize, usize) {
+    assert_all_delivered(scenarios, events);
+    let repeats = events.iter().filter(|e| e.duplicate).count();
+    assert!(
+        repeats > 0,
+        "no repeat after a timeout:\n{}",
+        summary(events)
+    );
+    (assert_applied_once(events), repeats)
+}
