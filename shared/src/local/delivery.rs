@@ -271,6 +271,9 @@ impl Calls {
     ) {
         let id = match finished {
             Ok((id, ())) => id,
+            // Cancelled: the runtime is shutting down; what the task was doing is done again
+            // on the next start.
+            Err(e) if e.is_cancelled() => e.id(),
             Err(e) => {
                 tracing::error!(error = %e, "a delivery task failed");
                 e.id()
