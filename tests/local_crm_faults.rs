@@ -9,8 +9,8 @@ use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::time::Timestamp;
 use std::collections::HashMap;
 use std::time::Duration;
-use support::bridge::{Bridge, CrmSettings, Setup};
-use support::scenario::{self, Scenario, assert_no_stranger, copies_of, on_copies};
+use support::bridge::{Bridge, CrmSettings};
+use support::scenario::{self, Scenario, assert_no_stranger, on_copies};
 
 /// What the CRM asks with its 429.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -36,12 +36,7 @@ async fn a_failing_crm_gets_everything_in_order_once_it_recovers() {
         max_backoff_ms: 2_000,
         ..CrmSettings::default()
     };
-    let setup = Setup::new(&recorder.url(), crm, &copies_of(&scenarios));
-    let bridge = Bridge::start(&setup).await;
-
-    for s in &scenarios {
-        bridge.post_in_file_order(s).await;
-    }
+    let (_setup, bridge) = Bridge::serving(&recorder, crm, &scenarios).await;
 
     // The CRM stays down until every scenario's first delivery was retried.
     let retried = |events: &[RecordedEvent]| {

@@ -12,13 +12,13 @@ mod support;
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::time::Timestamp;
 use std::collections::HashSet;
-use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Setup};
+use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT};
 use support::faults::{
     assert_all_delivered, assert_delivered_with_repeats, delivered_resources, events_of,
     fail_resources, refusals, scenarios_with_later_events, transient_failures, tried,
     tries_per_key,
 };
-use support::scenario::{Scenario, copies_of, on_copies};
+use support::scenario::{Scenario, on_copies};
 
 /// The Retry-After of the 429 that asks for one.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -45,11 +45,7 @@ async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after
         max_backoff_ms: 2_000,
         ..CrmSettings::default()
     };
-    let setup = Setup::new(&recorder.url(), crm, &copies_of(&all));
-    let bridge = Bridge::start(&setup).await;
-    for s in &all {
-        bridge.post_in_file_order(s).await;
-    }
+    let (_setup, bridge) = Bridge::serving(&recorder, crm, &all).await;
 
     // While every victim's first delivery has been tried three times, the others arrive.
     let flowing = |events: &[RecordedEvent]| {
@@ -128,11 +124,7 @@ async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
         timeout_ms: 300,
         ..CrmSettings::default()
     };
-    let setup = Setup::new(&recorder.url(), crm, &copies_of(&scenarios));
-    let bridge = Bridge::start(&setup).await;
-    for s in &scenarios {
-        bridge.post_in_file_order(s).await;
-    }
+    let (_setup, bridge) = Bridge::serving(&recorder, crm, &scenarios).await;
     let timed_out_twice = |events: &[RecordedEvent]| scenarios.iter().all(|s| tried(s, events, 3));
     if let Err(e) = recorder
         .wait_for(
@@ -174,11 +166,7 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
         max_attempts: MAX_ATTEMPTS,
         ..CrmSettings::default()
     };
-    let setup = Setup::new(&recorder.url(), crm, &copies_of(all));
-    let bridge = Bridge::start(&setup).await;
-    for s in all {
-        bridge.post_in_file_order(s).await;
-    }
+    let (setup, bridge) = Bridge::serving(&recorder, crm, all).await;
     let tries_wanted = |answer: &Answer| {
         if answer.status == 503 {
             MAX_ATTEMPTS as usize

@@ -1,7 +1,7 @@
 //! A real `callbridge serve` process on a temporary config and data file, and an HTTP client
 //! to send it webhooks.
 
-use super::scenario::{Scenario, example_config_path};
+use super::scenario::{Scenario, copies_of, example_config_path};
 use callbridge::recorder::{RecordedEvent, Recorder};
 use callbridge_shared::domain::event::Provider;
 use serde_json::Value;
@@ -173,6 +173,21 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// A server delivering to `recorder` with `crm`, on copies of the connections of
+    /// `scenarios` (see [`super::scenario::on_copies`]), each scenario posted in file order.
+    pub async fn serving(
+        recorder: &Recorder,
+        crm: CrmSettings,
+        scenarios: &[Scenario],
+    ) -> (Setup, Self) {
+        let setup = Setup::new(&recorder.url(), crm, &copies_of(scenarios));
+        let bridge = Self::start(&setup).await;
+        for s in scenarios {
+            bridge.post_in_file_order(s).await;
+        }
+        (setup, bridge)
+    }
+
     /// Starts `callbridge serve` on `setup` and waits until it listens; panics, with what it
     /// printed, when it does not.
     pub async fn start(setup: &Setup) -> Self {
