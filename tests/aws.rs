@@ -764,3 +764,31 @@ async fn connections_are_imported_with_their_tokens_hashed() {
         assert_eq!(*read, connection.to_connection().unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_schedule_covers_an_hour_of_crm_outage_before_the_dead_letter_queue() {
+    use callbridge_shared::pipeline::delivery::RetryPolicy;
+    use std::time::Duration;
+
+    let recorder = recorder().await;
+    let bridge = AwsBridge::start("retry-bound", &recorder.url(), &[]).await;
+    // The worker's schedule and the queue's maxReceiveCount, as the template sets them: the
+    // waits between the receives, every one jittered to its shortest (half), still add up to
+    // an hour.
+    let schedule = RetryPolicy {
+        max_attempts: bridge.resources.max_receive_count(),
+        ..bridge.worker_settings().redelivery
+    };
+    let shortest = schedule.worst_case_total() / 2;
+    assert!(
+        shortest >= Duration::from_secs(3600),
+        "{schedule:?} retries for {shortest:?} at least"
+    );
+    // Not past the queue's visibility timeout: a message gets that much anyway when the
+    // worker cannot change its visibility.
+    let visibility_timeout: u64 =
+        bridge.resources.queue("WebhookQueue").attributes["VisibilityTimeout"]
+            .parse()
+            .unwrap();
+    assert_eq!(schedule.max, Duration::from_secs(visibility_timeout));
+}
