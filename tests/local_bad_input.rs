@@ -258,3 +258,84 @@ async fn every_kind_of_bad_input_is_refused_with_a_json_error_and_reaches_nobody
         summary(&events)
     );
 }
+
+/// A sender trickling its request one byte every 2 s: its head, then (another request) its
+/// body. The server drops the first within its 10-second header read timeout and answers the
+/// second 408 within its 10-second body read timeout, not after the 70 s and more such a
+/// sender held a connection before; other requests are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_are_cut_off_by_the_read_timeouts() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
+        .await
+        .expect("the CRM recorder starts");
+    let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
+    let bridge = Bridge::start(&setup).await;
+    let url = bridge.url_of("/");
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let telsmart = first_scenario(Provider::Telsmart);
+    let head = format!(
+        "POST /webhooks/telsmart/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        telsmart.connection,
+        telsmart.token()
+    );
+
+    // Trickles `sent` then one byte of `trickled` every 2 s, until the server answers or
+    // closes; what it answered, and when.
+    let trickle = |sent: String, trickled: String| {
+        let address = address.clone();
+        async move {
+            let started = Instant::now();
+            let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+            tcp.write_all(sent.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            for byte in trickled.bytes().cycle() {
+                let mut buffer = [0; 4096];
+                match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buffer)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        answer.extend_from_slice(&buffer[..n]);
+                        break;
+                    }
+                    Err(_) => {}
+                }
+                if tcp.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the server still reads a trickled request after 60 s"
+                );
+            }
+            (
+                String::from_utf8_lossy(&answer).into_owned(),
+                started.elapsed(),
+            )
+        }
+    };
+    let slow_head = tokio::spawn(trickle(String::new(), head.clone()));
+    let slow_body = tokio::spawn(trickle(head, "{\"a\":1".repeat(200)));
+    // Meanwhile the server answers.
+    let health = bridge.health().await;
+    assert_eq!(health.status, 200, "{}", health.body);
+
+    let (answer, took) = slow_head.await.unwrap();
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the slow head was read for {took:?}"
+    );
+    let (answer, took) = slow_body.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the slow body was read for {took:?}"
+    );
+}

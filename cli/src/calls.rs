@@ -12,7 +12,7 @@
 use crate::target::{Store, Target};
 use callbridge_shared::adapters::sqlite::ParkedDelivery;
 use callbridge_shared::domain::event::{CallEvent, EventKind};
-use callbridge_shared::domain::record::CallRecord;
+use callbridge_shared::domain::record::{CallKey, CallRecord, RecordError};
 use callbridge_shared::local::now;
 use callbridge_shared::pipeline::rest::resolve_uncertain_create;
 use callbridge_shared::ports::{CallFilter, QueuedWebhook};
@@ -88,8 +88,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             };
             let calls = store.calls(filter, limit).await?;
             let parked = parked(&store).await?;
-            for record in &calls {
-                println!("{}", summary(record, &parked));
+            for call in &calls {
+                match call {
+                    Ok(record) => println!("{}", summary(record, &parked)),
+                    Err(unreadable) => println!("{}", unreadable_summary(unreadable)),
+                }
             }
             eprintln!("{} calls", calls.len());
         }
@@ -98,8 +101,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             resource_id,
         } => {
             let store = target.open().await?;
-            let record = store.call(&resource_id).await?;
-            println!("{:#}", details(&record, &parked(&store).await?));
+            match store.call(&resource_id).await? {
+                Ok(record) => println!("{:#}", details(&record, &parked(&store).await?)),
+                Err(unreadable) => println!("{:#}", unreadable_summary(&unreadable)),
+            }
         }
         Command::Erase {
             target,
@@ -126,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             not_in_morph: _,
         } => {
             let store = target.open().await?;
-            let record = store.call(&resource_id).await?;
+            let record = store.call(&resource_id).await??;
             let resolved =
                 resolve_uncertain_create(store.call_store(), &record.key, morph_id.as_deref())
                     .await?;
@@ -152,32 +157,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Queues the erasure of a call; returns the record as it was.
+/// Queues the erasure of a call; returns the record as it was. A record that does not read is
+/// erased all the same: the worker replaces it with a tombstone.
 pub async fn erase(store: &Store, resource_id: &str) -> anyhow::Result<CallRecord> {
-    let record = store.call(resource_id).await?;
-    if record.erased_at.is_none() {
-        store.queue().enqueue(&erasure(&record)).await?;
-    }
+    let record = match store.call(resource_id).await? {
+        Ok(record) if record.erased_at.is_some() => return Ok(record),
+        Ok(record) => record,
+        Err(RecordError::Unreadable { call, .. }) => CallRecord::new(call),
+        Err(e) => return Err(e.into()),
+    };
+    store.queue().enqueue(&erasure(&record.key)).await?;
     Ok(record)
 }
 
 /// The erasure of a call as it is queued: an event of the call that no provider sends. Its id
 /// is the same for every request, so a request repeated while one is queued is dropped by SQS
 /// and changes nothing locally.
-pub fn erasure(record: &CallRecord) -> QueuedWebhook {
+pub fn erasure(call: &CallKey) -> QueuedWebhook {
     let at = now();
-    let mut event = CallEvent::new(
-        record.key.provider,
-        &record.key.call_key,
-        at,
-        EventKind::Erased,
-    );
-    event.id = format!("erase-{}", record.resource_id);
+    let mut event = CallEvent::new(call.provider, &call.call_key, at, EventKind::Erased);
+    event.id = format!("erase-{}", call.resource_id());
     QueuedWebhook {
-        connection_id: record.key.connection_id.clone(),
+        connection_id: call.connection_id.clone(),
         received_at: at,
         event,
         raw: Value::Null,
+    }
+}
+
+/// One line for a call whose record does not read: what the store knows of it besides.
+fn unreadable_summary(unreadable: &RecordError) -> Value {
+    match unreadable {
+        RecordError::Unreadable { call, reason, .. } => json!({
+            "resource_id": call.resource_id(),
+            "call": call.to_path(),
+            "state": "unreadable",
+            "reason": reason,
+        }),
+        other => json!({ "state": "unreadable", "reason": other.to_string() }),
     }
 }
 
@@ -190,7 +207,10 @@ async fn wait_until_erased(
     let deadline = tokio::time::Instant::now() + wait;
     while state(&record, &[]) != "erased" && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        record = store.call(&record.resource_id).await?;
+        // Until the worker replaces it, a record that does not read is not erased.
+        if let Ok(read) = store.call(&record.resource_id).await? {
+            record = read;
+        }
     }
     Ok(record)
 }

@@ -1,10 +1,11 @@
 //! `callbridge deliveries`: what waits for an operator, and sending it again. Locally these are
-//! the deliveries the server parked because the CRM refused them or their attempts ran out; on
-//! AWS the webhooks the worker gave up on, in the dead-letter queue. One command shape for both:
-//! `--config FILE` or `--aws`.
+//! the deliveries the server parked because the CRM refused them or their attempts ran out, and
+//! the webhooks it set aside (a message or a record that does not read, a record that would be
+//! too large); on AWS the webhooks the worker gave up on, in the dead-letter queue. One command
+//! shape for both: `--config FILE` or `--aws`.
 
 use crate::target::Target;
-use callbridge_shared::adapters::sqlite::{ParkedDelivery, SqliteStore};
+use callbridge_shared::adapters::sqlite::{DeadLetter, ParkedDelivery, SqliteStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -30,6 +31,17 @@ enum Command {
         #[arg(long)]
         resource: Option<String>,
     },
+    /// Delete what waits of one call, never to be sent (its raw webhooks hold personal data):
+    /// locally its parked delivery and webhooks set aside; on AWS its messages in the
+    /// dead-letter queue, which otherwise keeps them 14 days. `calls erase` does the local part
+    /// itself.
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        /// The call's resource id (`call_...`).
+        #[arg(long)]
+        resource: String,
+    },
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -42,11 +54,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{waiting} webhooks in the dead-letter queue");
                 return Ok(());
             }
-            let parked = target.open_local().await?.parked_deliveries().await?;
+            let store = target.open_local().await?;
+            let parked = store.parked_deliveries().await?;
             for delivery in &parked {
                 println!("{}", to_json(delivery));
             }
-            eprintln!("{} parked", parked.len());
+            let set_aside = store.dead_letters().await?;
+            for dead_letter in &set_aside {
+                println!("{}", dead_letter_json(dead_letter));
+            }
+            eprintln!(
+                "{} parked, {} webhooks set aside",
+                parked.len(),
+                set_aside.len()
+            );
         }
         Command::Retry { target, resource } => {
             #[cfg(feature = "aws")]
@@ -64,10 +85,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             let store = target.open_local().await?;
             let unparked = unpark(&store, resource.as_deref()).await?;
-            if let (Some(resource), 0) = (&resource, unparked) {
-                anyhow::bail!("no delivery of {resource} is parked");
+            let requeued = store.requeue_dead_letters(resource.as_deref()).await?;
+            if let (Some(resource), 0, 0) = (&resource, unparked, requeued) {
+                anyhow::bail!("no delivery of {resource} is parked, no webhook of it set aside");
             }
-            println!("{unparked} un-parked");
+            println!("{unparked} un-parked, {requeued} webhooks queued again");
+        }
+        Command::Purge { target, resource } => {
+            #[cfg(feature = "aws")]
+            if target.aws.aws {
+                let (sqs, dead_letters, _) = crate::redrive::queues(&target.aws).await?;
+                let purged = crate::redrive::purge(&sqs, &dead_letters, &resource).await?;
+                println!("{purged} webhooks of {resource} deleted from the dead-letter queue");
+                return Ok(());
+            }
+            target.open_local().await?.forget_erased(&resource).await?;
+            println!("nothing of {resource} waits any more");
         }
     }
     Ok(())
@@ -97,6 +130,15 @@ fn progress(total: u64) -> ProgressBar {
     let style = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {eta}")
         .expect("a valid template");
     ProgressBar::new(total).with_style(style)
+}
+
+fn dead_letter_json(dead_letter: &DeadLetter) -> Value {
+    json!({
+        "set_aside": dead_letter.seq,
+        "resource_id": dead_letter.resource_id,
+        "reason": dead_letter.reason,
+        "parked_at": dead_letter.parked_at.to_rfc3339_millis(),
+    })
 }
 
 fn to_json(delivery: &ParkedDelivery) -> Value {

@@ -13,6 +13,7 @@ use callbridge_shared::aws::aws_config;
 use callbridge_shared::aws::aws_sdk_sqs::Client;
 use callbridge_shared::aws::aws_sdk_sqs::error::DisplayErrorContext;
 use callbridge_shared::aws::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use callbridge_shared::ports::QueuedWebhook;
 use indicatif::ProgressBar;
 
 /// How long a received message is hidden from other readers while it is moved.
@@ -111,4 +112,72 @@ pub async fn redrive(
             progress.inc(1);
         }
     }
+}
+
+/// Deletes the messages of the call of `resource_id` from `dead_letters`; returns how many.
+/// The others are received too, to get past them, and made visible again at the end. A
+/// message whose call does not read is kept.
+pub async fn purge(sqs: &Client, dead_letters: &str, resource_id: &str) -> anyhow::Result<u64> {
+    let mut purged = 0;
+    let mut passed = Vec::new();
+    let outcome = async {
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(dead_letters)
+                .max_number_of_messages(10)
+                .visibility_timeout(VISIBILITY_SECS)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot receive from {dead_letters}: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })?;
+            let messages = received.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return anyhow::Ok(());
+            }
+            for message in messages {
+                let handle = message.receipt_handle().unwrap_or_default().to_owned();
+                let call = QueuedWebhook::call_of_json(message.body().unwrap_or_default());
+                if call.is_none_or(|call| call.resource_id() != resource_id) {
+                    passed.push(handle);
+                    continue;
+                }
+                sqs.delete_message()
+                    .queue_url(dead_letters)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot delete from {dead_letters}: {}",
+                            DisplayErrorContext(&e)
+                        )
+                    })?;
+                purged += 1;
+            }
+        }
+    }
+    .await;
+    // The others are back at once rather than after the visibility timeout.
+    for handle in passed {
+        let shown = sqs
+            .change_message_visibility()
+            .queue_url(dead_letters)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await;
+        if let Err(e) = shown {
+            eprintln!(
+                "a message stays hidden for {VISIBILITY_SECS} s: {}",
+                DisplayErrorContext(&e)
+            );
+        }
+    }
+    outcome.map(|()| purged)
 }

@@ -6,11 +6,10 @@
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use callbridge_shared::adapters::config_directory::ConfigDirectory;
 use callbridge_shared::adapters::sqlite::SqliteStore;
@@ -27,7 +26,16 @@ use callbridge_shared::telemetry::{InMemoryMetrics, LogFormat, Telemetry, init_l
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A request whose head has not arrived within this is dropped with its connection: a slow
+/// sender holds no connection for long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request whose body has not arrived within this, once its head has, is answered 408.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = Arc::new(SqliteStore::open(&config.data_file).await?);
     let connections = Arc::new(ConfigDirectory::from_config(&config)?);
     let listen = args.listen.as_deref().unwrap_or(&config.listen);
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
@@ -72,24 +80,68 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         events = if config.crm.url.is_some() { "crm.url" } else { "stdout" },
         "listening on {address}"
     );
-    // Small answers go out at once rather than wait on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let server = Server {
         store,
         connections,
         telemetry,
         metrics,
     };
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve(listener, router(server)).await;
     runtime.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` until Ctrl-C or SIGTERM, then answers the requests under way
+/// and returns.
+async fn serve(listener: TcpListener, app: Router) {
+    let (stopping, stop) = watch::channel(());
+    let mut connections = JoinSet::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to be freed.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        connections.spawn(serve_connection(tcp, app.clone(), stop.clone()));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stopping.send(());
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(tcp: TcpStream, app: Router, mut stop: watch::Receiver<()>) {
+    // Small answers go out at once rather than wait on Nagle's algorithm.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "a connection ended with an error");
+    }
 }
 
 #[derive(Clone)]
@@ -122,7 +174,7 @@ async fn webhook(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     let Ok(Path((provider, connection_id))) = path else {
         return not_found(method, uri).await;
@@ -142,9 +194,9 @@ async fn webhook(
         };
         allowing(refusal(&rejection), allow)
     };
-    let body = match body {
+    let body = match read_body(request).await {
         Ok(body) => body,
-        Err(e) => return refused(unreadable_body(&e)),
+        Err(rejection) => return refused(rejection),
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let request = WebhookRequest {
@@ -175,13 +227,13 @@ async fn telsmart_activation(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     let Some(action) = Action::from_route(&action) else {
         return not_found(method, uri).await;
     };
-    let answer = match body {
-        Err(e) => Err(unreadable_body(&e)),
+    let answer = match read_body(request).await {
+        Err(rejection) => Err(rejection),
         Ok(body) => {
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             let request = ActivationRequest {
@@ -225,6 +277,22 @@ async fn telsmart_activation(
     }
 }
 
+/// The request's body, if it arrives within [`BODY_READ_TIMEOUT`] and the size limit.
+async fn read_body(request: Request) -> Result<Bytes, Rejection> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(unreadable_body(&e)),
+        Err(_) => Err(Rejection::new(
+            408,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 fn unreadable_body(e: &BytesRejection) -> Rejection {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Rejection::new(
@@ -254,14 +322,16 @@ fn allowing(mut response: Response, methods: &'static str) -> Response {
     response
 }
 
-/// 200 when the store answers, with what it holds.
+/// 200 when the store answers, with what it holds: `degraded` while webhooks are set aside
+/// for an operator (`callbridge deliveries list`), though the rest flows.
 async fn health(State(server): State<Server>) -> Response {
     match server.store.health().await {
         Ok(health) => Json(json!({
-            "status": "ok",
+            "status": if health.dead_letters == 0 { "ok" } else { "degraded" },
             "queued": health.queued,
             "undelivered_calls": health.undelivered_calls,
             "parked": health.parked,
+            "set_aside": health.dead_letters,
         }))
         .into_response(),
         Err(e) => {

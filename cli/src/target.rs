@@ -5,7 +5,7 @@
 
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
-use callbridge_shared::domain::record::CallRecord;
+use callbridge_shared::domain::record::{CallRecord, RecordError};
 use callbridge_shared::ports::{CallFilter, CallStore, Queue};
 use std::path::PathBuf;
 
@@ -133,12 +133,13 @@ impl Target {
 }
 
 impl Store {
-    /// Up to `limit` calls (locally the latest first; on AWS in no particular order).
+    /// Up to `limit` calls (locally the latest first; on AWS in no particular order); an
+    /// inner error for a record that does not read.
     pub async fn calls(
         &self,
         filter: CallFilter<'_>,
         limit: usize,
-    ) -> anyhow::Result<Vec<CallRecord>> {
+    ) -> anyhow::Result<Vec<Result<CallRecord, RecordError>>> {
         match self {
             Store::Local(store) => store.stored_calls(filter, limit).await,
             #[cfg(feature = "aws")]
@@ -146,8 +147,9 @@ impl Store {
         }
     }
 
-    /// The call of `resource_id`; an error when there is none.
-    pub async fn call(&self, resource_id: &str) -> anyhow::Result<CallRecord> {
+    /// The call of `resource_id`; an error when there is none, an inner one when its record
+    /// does not read.
+    pub async fn call(&self, resource_id: &str) -> anyhow::Result<Result<CallRecord, RecordError>> {
         self.calls(CallFilter::Resource(resource_id), 1)
             .await?
             .pop()

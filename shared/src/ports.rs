@@ -38,6 +38,31 @@ impl QueuedWebhook {
     }
 }
 
+impl QueuedWebhook {
+    /// The call of a queued message, read from its JSON without the payload, so it is found
+    /// even in a message that does not read whole (nested too deep by an older version): to
+    /// set it aside with its call, and to purge it when the call is erased.
+    pub fn call_of_json(json: &str) -> Option<CallKey> {
+        #[derive(Deserialize)]
+        struct Message {
+            connection_id: String,
+            event: Event,
+        }
+        #[derive(Deserialize)]
+        struct Event {
+            provider: Provider,
+            call_key: String,
+        }
+        // Fields not named here are skipped without recursion, however deep.
+        let message: Message = serde_json::from_str(json).ok()?;
+        Some(CallKey::new(
+            &message.connection_id,
+            message.event.provider,
+            &message.event.call_key,
+        ))
+    }
+}
+
 #[async_trait]
 pub trait ConnectionDirectory: Send + Sync {
     async fn connection(&self, id: &str) -> anyhow::Result<Option<Arc<Connection>>>;

@@ -9,9 +9,11 @@
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::{Connection, hash_token};
 use callbridge_shared::domain::event::Provider;
+use callbridge_shared::domain::record::CallRecord;
 use callbridge_shared::domain::time::Timestamp;
 use callbridge_shared::pipeline::ingest::{
-    Accepted, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest, ingest,
+    Accepted, MAX_BODY_BYTES, MAX_NESTING_DEPTH, MAX_SUMMARY_BYTES, Rejection, SignatureHeaders,
+    WebhookRequest, ingest,
 };
 use callbridge_shared::pipeline::signature::SigningKey;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
@@ -281,26 +283,141 @@ fn deep_nesting_is_refused_without_blowing_the_stack() {
             assert!(r.message.contains("recursion limit"), "{}", r.message);
         }
         // Within the limit, in a field the parser reads: refused, naming the field.
-        let nested = json!([[[[[[[[["RINGING"]]]]]]]]]);
+        let state = json!([[[[[[[[["RINGING"]]]]]]]]]);
         let r = refused(&request(
             provider,
             &token,
-            &with(provider, state_field(provider), nested),
+            &with(provider, state_field(provider), state),
         ));
         assert_eq!(r.status, 400);
         assert_eq!(r.field.as_deref(), Some(state_field(provider)), "{r:?}");
-        // In a field nobody reads: tolerated, like any unknown field.
-        let mut nested = json!("deep");
-        for _ in 0..100 {
-            nested = json!({ "n": nested });
-        }
+        // In a field nobody reads: tolerated, like any unknown field, within the nesting limit.
         let accepted = send(&request(
             provider,
             &token,
-            &with(provider, "x_extension_data", nested),
+            &with(provider, "x_extension_data", nested(MAX_NESTING_DEPTH - 1)),
         ));
         assert!(accepted.is_ok(), "{accepted:?}");
     }
+}
+
+/// `{"n":{"n":...}}`, `depth` levels of objects.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!("deep"), |inner, _| json!({ "n": inner }))
+}
+
+/// A Telsmart after-call summary of the first scenario's call.
+fn telsmart_summary(summary: Value) -> Vec<u8> {
+    let mut payload = webhook(Provider::Telsmart);
+    payload["state"] = json!("SUMMARY_REPORTING");
+    payload["summary"] = summary;
+    body(&payload)
+}
+
+/// The attacks of issue 13: a body serde_json reads (127 levels) but the queue could not read
+/// back once wrapped, and a summary deep enough to make the call's record unreadable. Both are
+/// refused before anything is queued, naming the limit.
+#[test]
+fn bodies_nested_past_the_limit_are_refused_before_the_queue() {
+    let telsmart_token = token(Provider::Telsmart);
+    for (what, payload) in [
+        (
+            "an unknown field nested 126 levels",
+            with(Provider::Telsmart, "x", nested(126)),
+        ),
+        ("a summary nested 125 levels", telsmart_summary(nested(125))),
+        (
+            "one level past the limit",
+            with(Provider::Telsmart, "x", nested(MAX_NESTING_DEPTH)),
+        ),
+    ] {
+        let r = refused(&request(Provider::Telsmart, &telsmart_token, &payload));
+        assert_eq!(
+            (r.status, r.error),
+            (400, "too_deeply_nested"),
+            "{what}: {r:?}"
+        );
+        assert!(
+            r.message.contains(&MAX_NESTING_DEPTH.to_string()),
+            "{what}: {}",
+            r.message
+        );
+    }
+    for provider in Provider::ALL {
+        let payload = with(provider, "x", nested(MAX_NESTING_DEPTH));
+        let r = refused(&request(provider, &token(provider), &payload));
+        assert_eq!(r.error, "too_deeply_nested", "{provider}: {r:?}");
+    }
+}
+
+/// The deepest payload ingest accepts, a summary at the limit, reads back from the queued
+/// message and from the call's record, outbox included: the limit leaves room for every level
+/// they add.
+#[test]
+fn the_deepest_accepted_summary_reads_back_from_the_queue_and_the_record() {
+    let directory = Directory::example();
+    let token = token(Provider::Telsmart);
+    // The call's first webhook, so that the summary lands in a revision's `rawResource`.
+    let ringing = Recorder::default();
+    let first = body(&webhook(Provider::Telsmart));
+    let accepted = send_to(
+        &request(Provider::Telsmart, &token, &first),
+        &directory,
+        &ringing,
+    );
+    assert!(accepted.is_ok(), "{accepted:?}");
+    // The payload is level 1 and the summary level 2: it nests the rest.
+    let queue = Recorder::default();
+    let payload = telsmart_summary(nested(MAX_NESTING_DEPTH - 2));
+    let accepted = send_to(
+        &request(Provider::Telsmart, &token, &payload),
+        &directory,
+        &queue,
+    );
+    assert!(accepted.is_ok(), "{accepted:?}");
+    let queued = queue.queued.lock().unwrap()[0].clone();
+    let message = serde_json::to_string(&queued).unwrap();
+    let read: QueuedWebhook = serde_json::from_str(&message).expect("the message reads back");
+    assert_eq!(read, queued);
+
+    let connection = directory.connections["demo-telsmart"].clone();
+    let mut record = CallRecord::new(queued.call());
+    assert!(record.add_event(&ringing.queued.lock().unwrap()[0].event));
+    assert!(record.add_event(&queued.event));
+    assert!(record.refresh(&connection));
+    let json = record.to_stored_json().expect("within the record limit");
+    assert!(
+        json.contains("rawResource") && json.contains("deep"),
+        "{json}"
+    );
+    let read = CallRecord::from_stored_json(&json, &record.key, 1).expect("the record reads back");
+    assert_eq!(read, record);
+}
+
+#[test]
+fn a_summary_over_its_limit_is_413_naming_it() {
+    let token = token(Provider::Telsmart);
+    let over = json!({ "content": "x".repeat(MAX_SUMMARY_BYTES) });
+    let r = refused(&request(
+        Provider::Telsmart,
+        &token,
+        &telsmart_summary(over),
+    ));
+    assert_eq!((r.status, r.error), (413, "summary_too_large"), "{r:?}");
+    assert_eq!(r.field.as_deref(), Some("summary"));
+    assert!(
+        r.message.contains(&(MAX_SUMMARY_BYTES / 1024).to_string()),
+        "{}",
+        r.message
+    );
+    // Just within: accepted.
+    let within = json!({ "content": "x".repeat(MAX_SUMMARY_BYTES - 100) });
+    let accepted = send(&request(
+        Provider::Telsmart,
+        &token,
+        &telsmart_summary(within),
+    ));
+    assert!(accepted.is_ok(), "{accepted:?}");
 }
 
 #[test]

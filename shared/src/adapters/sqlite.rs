@@ -22,7 +22,7 @@
 mod users;
 
 use crate::domain::event::Provider;
-use crate::domain::record::{CallKey, CallRecord};
+use crate::domain::record::{CallKey, CallRecord, RecordError};
 use crate::domain::time::Timestamp;
 use crate::ports::{CallFilter, CallStore, Queue, QueuedWebhook, StoreError, Version};
 use anyhow::{Context, anyhow};
@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -67,6 +68,15 @@ CREATE TABLE IF NOT EXISTS parked (
     crm_answer TEXT,
     parked_at INTEGER NOT NULL
 );
+-- Webhooks set aside because they can never be applied as they are: the message does not read,
+-- or its call's record does not read or would be too large. Each on its own: the queue goes on.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    resource_id TEXT, -- NULL: the message does not read, so its call is not known
+    reason TEXT NOT NULL,
+    parked_at INTEGER NOT NULL
+);
 -- Telsmart users activated through the onboarding requests (`users.rs`).
 CREATE TABLE IF NOT EXISTS activated_users (
     connection_id TEXT NOT NULL,
@@ -94,8 +104,9 @@ const CACHED_RECORDS: usize = 4_096;
 #[derive(Debug)]
 pub struct QueuedMessage {
     pub seq: i64,
-    /// An error when the stored message cannot be read back (written by another version).
-    pub webhook: Result<QueuedWebhook, serde_json::Error>,
+    /// An error when the stored message cannot be read back (written by another version), with
+    /// its call when that much reads.
+    pub webhook: Result<QueuedWebhook, (serde_json::Error, Option<CallKey>)>,
 }
 
 /// A delivery set aside: the CRM refused it, or it could not be delivered in the attempts
@@ -113,6 +124,16 @@ pub struct ParkedDelivery {
     pub parked_at: Timestamp,
 }
 
+/// A queued webhook set aside ([`SqliteStore::set_aside`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: i64,
+    /// `None` when the message does not read.
+    pub resource_id: Option<String>,
+    pub reason: String,
+    pub parked_at: Timestamp,
+}
+
 /// What `/health` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreHealth {
@@ -122,6 +143,8 @@ pub struct StoreHealth {
     pub undelivered_calls: u64,
     /// Parked deliveries.
     pub parked: u64,
+    /// Webhooks set aside, which need an operator.
+    pub dead_letters: u64,
 }
 
 pub struct SqliteStore {
@@ -133,6 +156,8 @@ pub struct SqliteStore {
     /// process (which only un-parks): a call not in it needs no read to know it is not parked.
     maybe_parked: Mutex<HashSet<String>>,
     queued: Notify,
+    /// Set when an erasure is done: the checkpointer then empties the WAL file.
+    erased: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -147,9 +172,11 @@ impl SqliteStore {
             anyhow::Ok((connection, checkpoints, parked, path))
         })
         .await??;
+        let erased = Arc::new(AtomicBool::new(false));
         Ok(Self {
             writer: Writer::start(connection)?,
-            _checkpointer: Checkpointer::start(checkpoints)?,
+            _checkpointer: Checkpointer::start(checkpoints, Arc::clone(&erased))?,
+            erased,
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::default(),
@@ -188,7 +215,8 @@ impl SqliteStore {
             .into_iter()
             .map(|(seq, json)| QueuedMessage {
                 seq,
-                webhook: serde_json::from_str(&json),
+                webhook: serde_json::from_str(&json)
+                    .map_err(|e| (e, QueuedWebhook::call_of_json(&json))),
             })
             .collect())
     }
@@ -203,6 +231,91 @@ impl SqliteStore {
         if let Err(e) = removal.await {
             tracing::warn!(seq, error = %e, "cannot remove a processed webhook from the queue");
         }
+    }
+
+    /// Moves a queued webhook that can never be applied as it is to the dead letters, with why,
+    /// so that the queue goes on without it; `deliveries retry` queues it again.
+    pub async fn set_aside(
+        &self,
+        seq: i64,
+        resource_id: Option<String>,
+        reason: String,
+        parked_at: Timestamp,
+    ) {
+        let parked_at = parked_at.as_micros();
+        let moved = self.writer.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters (seq, webhook, resource_id, reason, parked_at) \
+                 SELECT seq, webhook, ?2, ?3, ?4 FROM queue WHERE seq = ?1",
+            )?
+            .execute(params![seq, resource_id, reason, parked_at])?;
+            c.prepare_cached("DELETE FROM queue WHERE seq = ?1")?.execute([seq])
+        });
+        if let Err(e) = moved.await {
+            tracing::error!(seq, error = %e, "cannot set a webhook aside; it stays in the queue until a restart");
+        }
+    }
+
+    /// The webhooks set aside, oldest first.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        self.readers
+            .read(|c| {
+                c.prepare_cached(
+                    "SELECT seq, resource_id, reason, parked_at FROM dead_letters ORDER BY seq",
+                )?
+                .query_map([], |row| {
+                    let parked_at = Timestamp::from_micros(row.get(3)?).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            3,
+                            rusqlite::types::Type::Integer,
+                            e.into(),
+                        )
+                    })?;
+                    Ok(DeadLetter {
+                        seq: row.get(0)?,
+                        resource_id: row.get(1)?,
+                        reason: row.get(2)?,
+                        parked_at,
+                    })
+                })?
+                .collect()
+            })
+            .await
+    }
+
+    /// Queues the webhooks set aside again (those of one call, or all), at the end of the
+    /// queue in their order; returns how many.
+    pub async fn requeue_dead_letters(&self, resource_id: Option<&str>) -> anyhow::Result<usize> {
+        let resource_id = resource_id.map(str::to_owned);
+        let moved = self
+            .writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO queue (webhook) SELECT webhook FROM dead_letters \
+                     WHERE ?1 IS NULL OR resource_id = ?1 ORDER BY seq",
+                )?
+                .execute([&resource_id])?;
+                c.prepare_cached("DELETE FROM dead_letters WHERE ?1 IS NULL OR resource_id = ?1")?
+                    .execute([&resource_id])
+            })
+            .await?;
+        self.queued.notify_one();
+        Ok(moved)
+    }
+
+    /// Forgets what the store keeps of an erased call besides its record: its parked delivery
+    /// (the CRM's answer may quote the call) and its webhooks set aside (raw payloads).
+    pub async fn forget_erased(&self, resource_id: &str) -> anyhow::Result<()> {
+        let id = resource_id.to_owned();
+        self.writer
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM parked WHERE resource_id = ?1")?
+                    .execute([&id])?;
+                c.prepare_cached("DELETE FROM dead_letters WHERE resource_id = ?1")?
+                    .execute([&id])
+            })
+            .await?;
+        Ok(())
     }
 
     /// Calls with deliveries waiting that are not parked.
@@ -220,12 +333,13 @@ impl SqliteStore {
     }
 
     /// Up to `limit` calls, the latest first, as the file holds them: operators' commands may
-    /// run beside a server, whose writes this process's cache would not see.
+    /// run beside a server, whose writes this process's cache would not see. A record that does
+    /// not read is listed as such, with its key, so that it can still be erased.
     pub async fn stored_calls(
         &self,
         filter: CallFilter<'_>,
         limit: usize,
-    ) -> anyhow::Result<Vec<CallRecord>> {
+    ) -> anyhow::Result<Vec<Result<CallRecord, RecordError>>> {
         let (resource_id, undelivered_only) = match filter {
             CallFilter::All => (None, false),
             CallFilter::Undelivered => (None, true),
@@ -235,18 +349,20 @@ impl SqliteStore {
             .readers
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT record FROM calls WHERE (?1 IS NULL OR resource_id = ?1) \
+                    "SELECT connection_id, provider, call_key, record, version FROM calls \
+                     WHERE (?1 IS NULL OR resource_id = ?1) \
                      AND (NOT ?2 OR undelivered) ORDER BY rowid DESC LIMIT ?3",
                 )?
                 .query_map(params![resource_id, undelivered_only, limit], |row| {
-                    row.get::<_, String>(0)
+                    Ok((call_key(row)?, row.get::<_, String>(3)?, row.get(4)?))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                .collect::<rusqlite::Result<Vec<(CallKey, String, Version)>>>()
             })
             .await?;
-        rows.iter()
-            .map(|json| Ok(serde_json::from_str(json)?))
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|(key, json, version)| CallRecord::from_stored_json(json, key, *version))
+            .collect())
     }
 
     /// Parks a delivery; it replaces whatever was parked for its call.
@@ -338,13 +454,14 @@ impl SqliteStore {
                     "SELECT (SELECT count(*) FROM queue), \
                      (SELECT count(*) FROM calls WHERE undelivered \
                       AND resource_id NOT IN (SELECT resource_id FROM parked)), \
-                     (SELECT count(*) FROM parked)",
+                     (SELECT count(*) FROM parked), (SELECT count(*) FROM dead_letters)",
                     [],
                     |row| {
                         Ok(StoreHealth {
                             queued: row.get(0)?,
                             undelivered_calls: row.get(1)?,
                             parked: row.get(2)?,
+                            dead_letters: row.get(3)?,
                         })
                     },
                 )
@@ -374,10 +491,11 @@ impl CallStore for SqliteStore {
         if let Some(cached) = self.records.get(key) {
             return Ok(Some(cached));
         }
-        let key = key.clone();
+        let path = key.clone();
         let found = self
             .readers
             .read(move |c| {
+                let key = path;
                 c.prepare_cached(
                     "SELECT record, version FROM calls \
                      WHERE connection_id = ?1 AND provider = ?2 AND call_key = ?3",
@@ -392,7 +510,7 @@ impl CallStore for SqliteStore {
         let Some((json, version)) = found else {
             return Ok(None);
         };
-        let record: CallRecord = serde_json::from_str(&json)?;
+        let record = CallRecord::from_stored_json(&json, key, version)?;
         self.records.offer(&record, version);
         Ok(Some((record, version)))
     }
@@ -402,7 +520,7 @@ impl CallStore for SqliteStore {
         record: &CallRecord,
         read: Option<Version>,
     ) -> Result<Version, StoreError> {
-        let json = serde_json::to_string(record).map_err(anyhow::Error::from)?;
+        let json = record.to_stored_json().map_err(anyhow::Error::from)?;
         let key = record.key.clone();
         let resource_id = record.resource_id.clone();
         let undelivered = !record.outbox.is_empty();
@@ -449,6 +567,10 @@ impl CallStore for SqliteStore {
         }
         let version = read.map_or(1, |version| version + 1);
         self.records.offer(record, version);
+        if record.erased_at.is_some() && record.outbox.is_empty() {
+            // The call's earlier versions are still in the WAL's old frames.
+            self.erased.store(true, Ordering::Relaxed);
+        }
         Ok(version)
     }
 }
@@ -530,9 +652,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder)?;
+        create_private_dir(folder)?;
     }
+    create_private_file(path)?;
     let connection = open_connection(path)?;
+    // Deleted content (an erased call, an applied webhook) is overwritten, not left in free
+    // pages; the WAL's old frames go with a TRUNCATE checkpoint (`Checkpointer`).
+    connection.execute_batch("PRAGMA secure_delete = ON")?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     anyhow::ensure!(mode == "wal", "SQLite refused WAL mode (got `{mode}`)");
     connection.execute_batch("PRAGMA synchronous = NORMAL")?;
@@ -546,6 +672,25 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     connection.execute_batch(SCHEMA)?;
     connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(connection)
+}
+
+/// The data file's folder, readable by its owner only (0700) when callbridge creates it.
+fn create_private_dir(folder: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
+/// The data file, created 0600: it holds phone numbers. SQLite creates its `-wal` and `-shm`
+/// files with the same permissions.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
 }
 
 /// The read connections, opened as needed and kept for reuse.
@@ -652,14 +797,25 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(connection: Connection) -> anyhow::Result<Self> {
+    /// `erased`: set when an erasure is done, to empty the WAL file.
+    fn start(connection: Connection, erased: Arc<AtomicBool>) -> anyhow::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel();
         let checkpoint = move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                // PASSIVE: copies what no reader still needs, without holding up anyone.
-                let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "cannot checkpoint the data file's WAL");
+                let truncate = erased.swap(false, Ordering::Relaxed);
+                // PASSIVE: copies what no reader still needs, without holding up anyone. After
+                // an erasure, TRUNCATE: the WAL is emptied, so the erased call's old versions
+                // are in no file; tried again until no reader holds it up.
+                let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+                let done =
+                    connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+                        row.get::<_, i64>(0)
+                    });
+                match done {
+                    // Held up by a reader: the same again next time.
+                    Ok(busy) if truncate && busy != 0 => erased.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot checkpoint the data file's WAL"),
                 }
             }
         };

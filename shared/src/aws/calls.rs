@@ -12,7 +12,8 @@
 //! The revision the CRM has is implicit: everything before the outbox.
 
 use super::usage::Usage;
-use crate::domain::record::{CallKey, CallRecord};
+use crate::domain::event::Provider;
+use crate::domain::record::{CallKey, CallRecord, RecordError};
 use crate::ports::{CallFilter, CallStore, StoreError, Version};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -63,12 +64,13 @@ impl DynamoCalls {
 impl DynamoCalls {
     /// Up to `limit` calls, in no particular order. A scan, page by page: the table has no
     /// index, as every step of the pipeline reads a call by its key and only operators look
-    /// for calls otherwise, seldom.
+    /// for calls otherwise, seldom. A record that does not read is listed as such, with its
+    /// key, so that it can still be erased.
     pub async fn scan(
         &self,
         filter: CallFilter<'_>,
         limit: usize,
-    ) -> anyhow::Result<Vec<CallRecord>> {
+    ) -> anyhow::Result<Vec<Result<CallRecord, RecordError>>> {
         let mut found = Vec::new();
         let mut start = None;
         loop {
@@ -76,8 +78,10 @@ impl DynamoCalls {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .projection_expression("#record")
+                .projection_expression("#key, #record, #version")
+                .expression_attribute_names("#key", KEY)
                 .expression_attribute_names("#record", RECORD)
+                .expression_attribute_names("#version", VERSION)
                 .set_exclusive_start_key(start);
             let scan = match filter {
                 CallFilter::All => scan,
@@ -94,13 +98,7 @@ impl DynamoCalls {
                 anyhow::anyhow!("cannot scan {}: {}", self.table, DisplayErrorContext(&e))
             })?;
             for item in page.items() {
-                let record = item
-                    .get(RECORD)
-                    .and_then(|v| v.as_s().ok())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("an item of {} has no `{RECORD}`", self.table)
-                    })?;
-                found.push(serde_json::from_str(record)?);
+                found.push(self.record_of(item)?.map(|(record, _)| record));
                 if found.len() == limit {
                     return Ok(found);
                 }
@@ -139,18 +137,7 @@ impl CallStore for DynamoCalls {
             return Ok(None);
         };
         self.usage.call_read(item_bytes(&item));
-        let record = item
-            .get(RECORD)
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no `{RECORD}`"))?;
-        let record: CallRecord = serde_json::from_str(record)
-            .map_err(|e| anyhow::anyhow!("call {path}: the stored record does not read: {e}"))?;
-        let version = item
-            .get(VERSION)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no numeric `{VERSION}`"))?;
-        Ok(Some((record, version)))
+        Ok(Some(self.record_of(&item)??))
     }
 
     async fn save(
@@ -160,7 +147,7 @@ impl CallStore for DynamoCalls {
     ) -> Result<Version, StoreError> {
         let path = record.key.to_path();
         let version = read.map_or(1, |v| v + 1);
-        let json = serde_json::to_string(record).map_err(anyhow::Error::from)?;
+        let json = record.to_stored_json().map_err(anyhow::Error::from)?;
         let item = HashMap::from([
             (KEY.to_string(), AttributeValue::S(path.clone())),
             (RECORD.to_string(), AttributeValue::S(json)),
@@ -205,6 +192,36 @@ impl CallStore for DynamoCalls {
     }
 }
 
+impl DynamoCalls {
+    /// The record of an item and its version; the inner error when the record does not read.
+    fn record_of(
+        &self,
+        item: &HashMap<String, AttributeValue>,
+    ) -> anyhow::Result<Result<(CallRecord, Version), RecordError>> {
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
+        let path =
+            text(KEY).ok_or_else(|| anyhow::anyhow!("an item of {} has no `{KEY}`", self.table))?;
+        let key = key_of_path(path)
+            .ok_or_else(|| anyhow::anyhow!("`{path}` of {} is not a call's key", self.table))?;
+        let record = text(RECORD)
+            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no `{RECORD}`"))?;
+        let version = item
+            .get(VERSION)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no numeric `{VERSION}`"))?;
+        Ok(CallRecord::from_stored_json(record, &key, version).map(|record| (record, version)))
+    }
+}
+
+/// The key of [`CallKey::to_path`]: connection ids and providers hold no `/`.
+fn key_of_path(path: &str) -> Option<CallKey> {
+    let mut parts = path.splitn(3, '/');
+    let (connection, provider, call) = (parts.next()?, parts.next()?, parts.next()?);
+    let provider: Provider = provider.parse().ok()?;
+    Some(CallKey::new(connection, provider, call))
+}
+
 fn number(n: u64) -> AttributeValue {
     AttributeValue::N(n.to_string())
 }
@@ -228,6 +245,13 @@ fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_reads_back_from_its_path() {
+        let key = CallKey::new("acme", Provider::Voys, "a/b c");
+        assert_eq!(key_of_path(&key.to_path()), Some(key));
+        assert_eq!(key_of_path("acme/fax/1"), None);
+    }
 
     #[test]
     fn item_size_counts_names_and_values() {

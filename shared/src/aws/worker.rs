@@ -33,7 +33,7 @@ use super::{number_or, process_env, required};
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::crm_http::HttpCrm;
 use crate::domain::connection::Connection;
-use crate::domain::record::{CallKey, CallRecord};
+use crate::domain::record::{CallKey, CallRecord, RecordError};
 use crate::pipeline::activation::WithActivatedUsers;
 use crate::pipeline::delivery::{RetryPolicy, push_outbox};
 use crate::pipeline::worker;
@@ -342,7 +342,7 @@ impl Worker {
             })?;
         let applied = worker::apply(calls, &connection, &self.contacts, &webhook)
             .await
-            .map_err(Failure::retry)?;
+            .map_err(Failure::of_store)?;
         self.telemetry.applied(&webhook, &applied);
         // Every record the message touched, not only those it added to: a message received
         // again after a crash finds its revision written but not delivered.
@@ -370,12 +370,22 @@ impl Worker {
         .await;
         if let Some(revision) = pushed.delivered_up_to {
             calls
-                .mark_delivered(key, revision)
+                .rewrite(key, |record| record.mark_delivered(revision))
                 .await
-                .map_err(Failure::retry)?;
+                .map_err(Failure::of_store)?;
         }
         match pushed.stopped_at {
             None => Ok(()),
+            Some((delivery, DeliveryOutcome::Reject { status, .. })) if calls.is_erased(key) => {
+                // The erasure does not wait on a refusal.
+                tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
+                calls
+                    .rewrite(key, |record| {
+                        record.drop_refused(delivery.revision);
+                    })
+                    .await
+                    .map_err(Failure::of_store)
+            }
             Some((delivery, DeliveryOutcome::Reject { status, body })) => {
                 Err(Failure::rejected(format!(
                     "the CRM refused {} with HTTP {status}: {body}",
@@ -439,14 +449,21 @@ impl<'a> BatchCalls<'a> {
             .unwrap_or_default()
     }
 
-    /// Writes that the CRM took everything up to `revision`, over whatever version is current.
-    async fn mark_delivered(&self, key: &CallKey, revision: u64) -> anyhow::Result<()> {
+    fn is_erased(&self, key: &CallKey) -> bool {
+        self.records()
+            .get(key)
+            .is_some_and(|(record, _)| record.erased_at.is_some())
+    }
+
+    /// Changes the outbox (takes out what the CRM took, or what it refused of an erased call),
+    /// over whatever version is current.
+    async fn rewrite(&self, key: &CallKey, change: impl Fn(&mut CallRecord)) -> anyhow::Result<()> {
         for _ in 0..MAX_CONFLICTS {
             let Some((mut record, version)) = self.load(key).await? else {
                 return Ok(());
             };
             let waiting = record.outbox.len();
-            record.mark_delivered(revision);
+            change(&mut record);
             if record.outbox.len() == waiting {
                 return Ok(());
             }
@@ -539,6 +556,15 @@ impl Failure {
 
     fn retry(reason: impl Display) -> Self {
         Self::retry_after(reason, None)
+    }
+
+    /// A store's error: a record that does not read or would be too large can never succeed.
+    fn of_store(error: anyhow::Error) -> Self {
+        if RecordError::of(&error).is_some() {
+            Self::poison(error)
+        } else {
+            Self::retry(error)
+        }
     }
 
     fn retry_after(reason: impl Display, retry_after: Option<Duration>) -> Self {

@@ -12,6 +12,39 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// Most distinct events a call keeps. A real call has a few dozen at most; past this a
+/// provider's further events of the call are left out of the fold (the worker logs a WARN), so
+/// a record, and the work of applying one more event to it, stay bounded.
+pub const MAX_EVENTS_PER_CALL: usize = 500;
+
+/// Largest record, as stored (JSON): well inside DynamoDB's 400 KB item, with room for the
+/// item's other attributes. A record that would be larger is not written: the webhook that
+/// would make it so is parked (the dead-letter queue on AWS, `callbridge deliveries list`
+/// locally), never retried.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// A record no retry can store or read: the webhook that needs it is parked, on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The stored record does not read (nested too deep by an older version, corrupted). The
+    /// store's `version` lets an erasure replace it with a tombstone.
+    #[error("the stored record of call {} does not read: {reason}", .call.to_path())]
+    Unreadable {
+        call: CallKey,
+        version: u64,
+        reason: String,
+    },
+    #[error("the record of call {call} would be {bytes} bytes, over the limit of {limit}", limit = MAX_RECORD_BYTES)]
+    TooLarge { call: String, bytes: usize },
+}
+
+impl RecordError {
+    /// The record error behind `error`, if that is what it is.
+    pub fn of(error: &anyhow::Error) -> Option<&RecordError> {
+        error.chain().find_map(|cause| cause.downcast_ref())
+    }
+}
+
 /// Where a call lives: the connection, and the provider's key for the call.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CallKey {
@@ -109,6 +142,32 @@ impl CallRecord {
         }
     }
 
+    /// The record as a store keeps it; an error when it is over [`MAX_RECORD_BYTES`].
+    pub fn to_stored_json(&self) -> Result<String, RecordError> {
+        let json = serde_json::to_string(self).expect("a record serialises");
+        if json.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge {
+                call: self.key.to_path(),
+                bytes: json.len(),
+            });
+        }
+        Ok(json)
+    }
+
+    /// A stored record, read back; `version` is the store's, for the error.
+    pub fn from_stored_json(json: &str, key: &CallKey, version: u64) -> Result<Self, RecordError> {
+        serde_json::from_str(json).map_err(|e| RecordError::Unreadable {
+            call: key.clone(),
+            version,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Whether the record holds [`MAX_EVENTS_PER_CALL`] events and takes no more.
+    pub fn is_full(&self) -> bool {
+        self.events.len() >= MAX_EVENTS_PER_CALL
+    }
+
     /// The revision delivered last: everything before the outbox.
     pub fn delivered_revision(&self) -> u64 {
         self.outbox
@@ -116,10 +175,10 @@ impl CallRecord {
             .map_or(self.revision, |d| d.revision - 1)
     }
 
-    /// Adds an event unless it was seen already, or the call was erased. Returns whether it
-    /// was new.
+    /// Adds an event unless it was seen already, the call was erased, or the record is full.
+    /// Returns whether it was added.
     pub fn add_event(&mut self, event: &CallEvent) -> bool {
-        self.erased_at.is_none() && add_unique(&mut self.events, event)
+        self.erased_at.is_none() && !self.is_full() && add_unique(&mut self.events, event)
     }
 
     /// Adds an event of a call merged into this one (unless this call was erased). Returns
@@ -191,15 +250,34 @@ impl CallRecord {
         true
     }
 
-    /// Erases the call (GDPR), as asked at `at`: the CRM is told it is deleted (if it ever heard
-    /// of it), through the outbox like any revision, and what we keep of it goes once that is
-    /// delivered (at once if there is nothing to deliver). Returns whether the record changed.
+    /// Erases the call (GDPR), as asked at `at`: the CRM is told it is deleted (if it was ever
+    /// sent a revision), through the outbox like any revision, and the resource that deletion
+    /// carries goes once it is delivered or refused (at once if there is nothing to deliver).
+    /// Returns whether the record changed.
     pub fn erase(&mut self, at: Timestamp) -> bool {
         if self.erased_at.is_some() {
             return false;
         }
         self.erased_at = Some(at);
+        // The CRM needs only the deletion: the revisions it has not taken are dropped (one
+        // refused would hold the erasure up), and so are the events, which a deleted call
+        // never folds again.
+        self.outbox.retain(|d| d.event == MorphEventType::Deleted);
         self.delete();
+        self.events.clear();
+        self.merged_in.clear();
+        self.contact_lookups.clear();
+        self.forget_if_delivered();
+        true
+    }
+
+    /// The CRM refused the deletion of an erased call for good: the erasure does not wait on
+    /// it, and the call keeps only its tombstone. Returns whether the record changed.
+    pub fn drop_refused(&mut self, revision: u64) -> bool {
+        if self.erased_at.is_none() || !self.outbox.iter().any(|d| d.revision == revision) {
+            return false;
+        }
+        self.outbox.clear();
         self.forget_if_delivered();
         true
     }

@@ -6,7 +6,7 @@
 use super::{Settings, now};
 use crate::adapters::sqlite::{ParkedDelivery, SqliteStore};
 use crate::domain::connection::Connection;
-use crate::domain::record::{CallKey, CallRecord, Delivery};
+use crate::domain::record::{CallKey, CallRecord, Delivery, RecordError};
 use crate::pipeline::delivery::{Pushed, RetryPolicy, push_outbox};
 use crate::ports::{CallStore, ConnectionDirectory, Crm, DeliveryOutcome, StoreError, Version};
 use crate::telemetry::Telemetry;
@@ -77,9 +77,28 @@ impl Deliverer {
     }
 
     async fn deliver_call(self: Arc<Self>, call: CallKey) {
-        if let Err(e) = self.deliver(&call).await {
-            tracing::error!(call = %call.to_path(), error = %e, "delivery interrupted; trying again at the next poll");
+        let Err(e) = self.deliver(&call).await else {
+            return;
+        };
+        if let Some(unreadable @ RecordError::Unreadable { .. }) = RecordError::of(&e) {
+            // Tried again it would fail the same way every poll: parked, on its own, until
+            // an operator erases the call or un-parks it.
+            let parked = ParkedDelivery {
+                resource_id: call.resource_id(),
+                revision: 0,
+                idempotency_key: String::new(),
+                reason: unreadable.to_string(),
+                crm_status: None,
+                crm_answer: None,
+                parked_at: now(),
+            };
+            tracing::error!(call = %call.to_path(), error = %e, "the call's record does not read: its deliveries are parked");
+            match self.store.park(parked).await {
+                Ok(()) => return self.telemetry.parked(),
+                Err(e) => tracing::error!(call = %call.to_path(), error = %e, "cannot park"),
+            }
         }
+        tracing::error!(call = %call.to_path(), error = %e, "delivery interrupted; trying again at the next poll");
     }
 
     /// Pushes the call's outbox until it is empty or parked, waiting between attempts.
@@ -103,12 +122,25 @@ impl Deliverer {
             let (record, version) = match pushed.delivered_up_to {
                 Some(revision) => {
                     tracing::debug!(resource_id = %record.resource_id, revision, "delivered");
-                    self.mark_delivered(record, version, revision).await?
+                    self.rewrite(record, version, |r| r.mark_delivered(revision))
+                        .await?
                 }
                 None => (record, version),
             };
             current = match pushed.stopped_at {
                 None => Some((record, version)),
+                Some((delivery, DeliveryOutcome::Reject { status, .. }))
+                    if record.erased_at.is_some() =>
+                {
+                    tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
+                    let revision = delivery.revision;
+                    Some(
+                        self.rewrite(record, version, |r| {
+                            r.drop_refused(revision);
+                        })
+                        .await?,
+                    )
+                }
                 Some((delivery, outcome)) => match self
                     .after_failure(&delivery, outcome, &mut attempts)
                     .await?
@@ -142,15 +174,16 @@ impl Deliverer {
         .await)
     }
 
-    /// Takes the delivered revisions out of the outbox, over whatever the worker added since.
-    async fn mark_delivered(
+    /// Changes the outbox (takes out what the CRM took, or what it refused of an erased call)
+    /// over whatever the worker added since.
+    async fn rewrite(
         &self,
         mut record: CallRecord,
         mut version: Version,
-        revision: u64,
+        change: impl Fn(&mut CallRecord),
     ) -> anyhow::Result<(CallRecord, Version)> {
         for _ in 0..MAX_CONFLICTS {
-            record.mark_delivered(revision);
+            change(&mut record);
             match self.store.save(&record, Some(version)).await {
                 Ok(saved) => return Ok((record, saved)),
                 Err(StoreError::Conflict) => {

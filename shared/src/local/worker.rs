@@ -5,7 +5,8 @@
 
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::{QueuedMessage, SqliteStore};
-use crate::domain::record::CallKey;
+use crate::domain::event::EventKind;
+use crate::domain::record::{CallKey, RecordError};
 use crate::pipeline::worker::{Applied, apply};
 use crate::ports::{ConnectionDirectory, QueuedWebhook};
 use crate::telemetry::Telemetry;
@@ -82,12 +83,15 @@ impl Worker {
 
     /// Applies one webhook and removes it from the queue. While the store fails it tries
     /// again: the call's later events must wait behind it, and the other calls need the same
-    /// store anyway.
+    /// store anyway. What can never be applied as it is (a message or a record that does not
+    /// read, a record that would be too large) is set aside at once, on its own.
     async fn process(&self, message: QueuedMessage) {
         let webhook = match message.webhook {
             Ok(webhook) => webhook,
-            Err(e) => {
-                tracing::error!(seq = message.seq, error = %e, "cannot read a queued webhook; it stays in the queue");
+            Err((e, call)) => {
+                let reason = format!("the queued webhook does not read: {e}");
+                let resource_id = call.map(|call| call.resource_id());
+                self.set_aside(message.seq, resource_id, reason).await;
                 return;
             }
         };
@@ -95,6 +99,14 @@ impl Worker {
         loop {
             match self.apply(&webhook).await {
                 Ok(Some(applied)) => {
+                    if webhook.event.kind == EventKind::Erased {
+                        let resource_id = webhook.call().resource_id();
+                        if let Err(e) = self.store.forget_erased(&resource_id).await {
+                            tracing::error!(seq = message.seq, error = %e, pause = ?FIRST_PAUSE, "cannot forget an erased call's parked deliveries; trying again");
+                            tokio::time::sleep(FIRST_PAUSE).await;
+                            continue;
+                        }
+                    }
                     self.store.remove_queued(message.seq).await;
                     for call in applied.to_deliver {
                         // Fails only when the runtime is stopping; the store keeps the outbox.
@@ -110,6 +122,12 @@ impl Worker {
                     );
                     return;
                 }
+                Err(e) if RecordError::of(&e).is_some() => {
+                    let resource_id = Some(webhook.call().resource_id());
+                    self.set_aside(message.seq, resource_id, format!("{e:#}"))
+                        .await;
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(seq = message.seq, error = %e, ?pause, "cannot apply a webhook; trying again");
                     tokio::time::sleep(pause).await;
@@ -117,6 +135,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    async fn set_aside(&self, seq: i64, resource_id: Option<String>, reason: String) {
+        tracing::error!(
+            seq,
+            resource_id,
+            reason,
+            "a webhook can never be applied as it is: set aside (`callbridge deliveries list`)"
+        );
+        self.telemetry.parked();
+        self.store
+            .set_aside(seq, resource_id, reason, super::now())
+            .await;
     }
 
     /// `None` when the webhook's connection is not (or no longer) configured.

@@ -4,7 +4,7 @@
 
 pub use super::signature::SignatureHeaders;
 use super::signature::{self, SigningKey};
-use crate::domain::event::Provider;
+use crate::domain::event::{EventKind, Provider};
 use crate::domain::providers::{self, ParseError};
 use crate::domain::time::Timestamp;
 use crate::ports::{ConnectionDirectory, Queue, QueuedWebhook};
@@ -13,6 +13,17 @@ use serde_json::{Map, Value, json};
 
 /// Larger bodies are refused with 413; the largest real webhook (a Telsmart summary) is a few KiB.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Deepest nesting of a payload, its top object being level 1. The queued message and the call
+/// record wrap a payload (and the Telsmart summary it carries) a dozen levels deeper, and
+/// serde_json reads nothing deeper than 128 levels: a payload deeper than this could be
+/// accepted and then never read back. Real webhooks nest 4 levels at most.
+pub const MAX_NESTING_DEPTH: usize = 32;
+
+/// Largest Telsmart summary, as JSON: it is kept in the call's record and in every revision's
+/// `rawResource`, and a record must stay well inside DynamoDB's 400 KB item
+/// ([`crate::domain::record::MAX_RECORD_BYTES`]). Real summaries are a few KiB.
+pub const MAX_SUMMARY_BYTES: usize = 32 * 1024;
 
 /// A webhook as it arrived, whatever the HTTP stack.
 #[derive(Clone, Debug, Default)]
@@ -166,7 +177,24 @@ pub async fn ingest(
     } else {
         read_body(request)?
     };
+    check_nesting(&payload)?;
     let webhook = providers::parse(provider, &payload).map_err(Rejection::invalid)?;
+    if let EventKind::Summary { summary } = &webhook.event.kind {
+        let bytes = summary.to_string().len();
+        if bytes > MAX_SUMMARY_BYTES {
+            return Err(Rejection {
+                field: Some("summary".into()),
+                ..Rejection::new(
+                    413,
+                    "summary_too_large",
+                    format!(
+                        "the summary is {bytes} bytes as JSON, over the limit of {} KiB",
+                        MAX_SUMMARY_BYTES / 1024
+                    ),
+                )
+            });
+        }
+    }
     if let Some(expected) = &connection.account {
         // A connection bound to an account takes only payloads that name it: one that names
         // none could come from any tenant holding a leaked token.
@@ -297,6 +325,31 @@ fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
         ));
     }
     Ok(payload)
+}
+
+/// Refuses a payload nested deeper than [`MAX_NESTING_DEPTH`], whether or not a parser reads
+/// the deep part: all of it is queued and stored.
+fn check_nesting(payload: &Value) -> Result<(), Rejection> {
+    let depth = nesting_depth(payload);
+    if depth > MAX_NESTING_DEPTH {
+        return Err(Rejection::new(
+            400,
+            "too_deeply_nested",
+            format!("the payload nests {depth} levels deep, over the limit of {MAX_NESTING_DEPTH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Levels of arrays and objects; a scalar is level 0. The payload was parsed by serde_json,
+/// so this recursion is at most 128 deep.
+fn nesting_depth(value: &Value) -> usize {
+    let children = match value {
+        Value::Array(items) => items.iter().map(nesting_depth).max(),
+        Value::Object(fields) => fields.values().map(nesting_depth).max(),
+        _ => return 0,
+    };
+    1 + children.unwrap_or(0)
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Rejection> {

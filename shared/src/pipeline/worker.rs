@@ -6,7 +6,7 @@
 use super::contacts::look_up;
 use crate::domain::connection::Connection;
 use crate::domain::event::EventKind;
-use crate::domain::record::{CallKey, CallRecord};
+use crate::domain::record::{CallKey, CallRecord, MAX_EVENTS_PER_CALL, RecordError};
 use crate::domain::time::Timestamp;
 use crate::ports::{CallStore, ContactLookup, QueuedWebhook, StoreError};
 
@@ -38,11 +38,39 @@ pub async fn apply(
     let received_at = webhook.received_at;
     if event.kind == EventKind::Erased {
         let mut erased = false;
-        update(store, &key, &mut applied, received_at, |record| {
+        // Calls merged into this one (Voys transfers) keep their own events: erased with it.
+        let mut merged_away = Vec::new();
+        let erasure = update(store, &key, &mut applied, received_at, |record| {
+            merged_away = record
+                .merged_in
+                .iter()
+                .map(|e| e.call_key.clone())
+                .filter(|merged| *merged != key.call_key)
+                .collect();
             erased = record.erase(received_at);
             erased
         })
-        .await?;
+        .await;
+        if let Err(e) = erasure {
+            let Some(&RecordError::Unreadable { version, .. }) = RecordError::of(&e) else {
+                return Err(e);
+            };
+            // What cannot be read cannot be told to the CRM either: the record is replaced by
+            // a tombstone, which takes no more events.
+            let mut tombstone = CallRecord::new(key.clone());
+            erased = tombstone.erase(received_at);
+            store.save(&tombstone, Some(version)).await?;
+            applied.writes += 1;
+        }
+        merged_away.sort();
+        merged_away.dedup();
+        for merged in merged_away {
+            let merged = CallKey::new(&key.connection_id, key.provider, &merged);
+            update(store, &merged, &mut applied, received_at, |record| {
+                record.erase(received_at)
+            })
+            .await?;
+        }
         applied.new_event = erased;
         return Ok(applied);
     }
@@ -50,9 +78,11 @@ pub async fn apply(
     // The event joins its own call; a call merged away passes it on to the survivor.
     let contact = look_up(contacts, connection, event).await;
     let mut new_event = false;
+    let mut left_out = false;
     let mut survivor = None;
     update(store, &key, &mut applied, received_at, |record| {
         new_event = record.add_event(event);
+        left_out = !new_event && record.is_full() && record.events.iter().all(|e| e.id != event.id);
         survivor.clone_from(&record.merged_into);
         let looked_up = contact.as_ref().is_some_and(|(e164, contact_id)| {
             record.add_contact_lookup(e164, contact_id.as_deref())
@@ -60,6 +90,14 @@ pub async fn apply(
         new_event | looked_up | record.refresh(connection)
     })
     .await?;
+    if left_out {
+        tracing::warn!(
+            call = %key.to_path(),
+            event_id = %event.id,
+            limit = MAX_EVENTS_PER_CALL,
+            "the call holds the most events a call may: this one is left out of it"
+        );
+    }
     applied.new_event = new_event;
     if let Some(survivor) = survivor {
         let survivor = CallKey::new(&key.connection_id, key.provider, &survivor);
