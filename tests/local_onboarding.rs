@@ -1,6 +1,7 @@
 //! Telsmart's onboarding over a real `callbridge serve`: an activation puts a user's extension
 //! in the connection's directory (the next call names its Morph user), a deactivation takes it
-//! out, activations outlive a restart, and a request without the right client is refused.
+//! out, activations outlive a restart, and a request without the right client, or with a
+//! tenant id or extension that is not one, is refused.
 
 mod support;
 
@@ -168,6 +169,44 @@ async fn onboarding_requests_without_the_right_client_or_route_are_refused() {
             .await;
         assert_eq!(answer.status, status, "{method} {path}: {}", answer.body);
     }
+    // A phone number is not an extension (it would make that number's calls internal), and a
+    // tenant id is not text to write into user ids: each refused, naming its field.
+    for (tenant, extension, field) in [
+        (TENANT, "+3228992675", "user_extension"),
+        (TENANT, "3228992675", "user_extension"),
+        ("other/{user_extension}\n", "210", "tenant_id"),
+    ] {
+        let answer = bridge
+            .send(
+                bridge
+                    .client()
+                    .post(bridge.url_of(&format!("/telsmart/{CONNECTION}/activate")))
+                    .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+                    .json(&json!({"tenant_id": tenant, "user_extension": extension})),
+            )
+            .await;
+        assert_eq!(
+            (answer.status, &answer.body["error"], &answer.body["field"]),
+            (400, &json!("invalid_payload"), &json!(field)),
+            "{tenant:?} {extension:?}: {}",
+            answer.body
+        );
+    }
+    // The wrong client with a body that is not JSON: refused for the client, unread.
+    let answer = bridge
+        .send(
+            bridge
+                .client()
+                .post(bridge.url_of(&format!("/telsmart/{CONNECTION}/activate")))
+                .basic_auth(CLIENT_ID, Some("not-the-secret-0123456789"))
+                .header("content-type", "application/json")
+                .body("{{{ not json"),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, &answer.body["error"]),
+        (401, &json!("unauthorized"))
+    );
     // Another tenant's user is not this connection's.
     let answer = bridge
         .send(

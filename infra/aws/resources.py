@@ -310,6 +310,14 @@ def main():
         "AWS::KMS::Key": ("keys", lambda props: create_key(kms, props)),
     }
     resources = template["Resources"]
+    # Roles are not emulated (the emulator does not enforce IAM), but the key policy names
+    # them: they get the ARN CloudFormation would give.
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::Role":
+            stack.refs[name] = f"{args.stack_name}-{name}"
+            stack.attributes[name] = {
+                "Arn": f"arn:aws:iam::{ACCOUNT_ID}:role/{args.stack_name}-{name}"
+            }
     todo = [name for name, r in resources.items() if r["Type"] in creators]
     out = {
         "endpoint": args.endpoint,

@@ -2,6 +2,7 @@
 //! with one documented default for everything but the connections. See
 //! `infra/callbridge.example.toml`.
 
+use crate::adapters::crm_http::check_url;
 use crate::domain::connection::{
     Activation, ApiCredentials, Connection, Contacts, DeliveryMode, hash_token,
 };
@@ -106,8 +107,9 @@ impl Default for CrmConfig {
     }
 }
 
-/// A connection as written in the file: plain tokens, hashed on load.
-#[derive(Clone, Debug, Deserialize)]
+/// A connection as written in the file: plain tokens, hashed on load. `Debug` shows no token,
+/// secret or lookup URL (which may hold one).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
     pub id: String,
@@ -158,6 +160,36 @@ pub struct ConnectionConfig {
     /// The Morph user id of an activated extension (`{user_extension}`, `{tenant_id}`).
     #[serde(default)]
     pub auto_user_id_template: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |value: bool| if value { "<redacted>" } else { "<none>" };
+        f.debug_struct("ConnectionConfig")
+            .field("id", &self.id)
+            .field("provider", &self.provider)
+            .field("tokens", &self.token.iter().chain(&self.tokens).count())
+            .field("account", &self.account)
+            .field("connector_id", &self.connector_id)
+            .field("owner_id", &self.owner_id)
+            .field("users", &self.users)
+            .field("recording_url_template", &self.recording_url_template)
+            .field("signing_secret", &set(self.signing_secret.is_some()))
+            .field("log_numbers", &self.log_numbers)
+            .field("delivery", &self.delivery)
+            .field("api_key", &self.api_key)
+            .field("api_secret", &self.api_secret)
+            .field("contacts", &self.contacts)
+            .field(
+                "contact_lookup_url",
+                &set(self.contact_lookup_url.is_some()),
+            )
+            .field("default_country", &self.default_country)
+            .field("activation_client_id", &self.activation_client_id)
+            .field("activation_client_secret", &self.activation_client_secret)
+            .field("auto_user_id_template", &self.auto_user_id_template)
+            .finish()
+    }
 }
 
 fn default_listen() -> String {
@@ -247,10 +279,10 @@ impl ConnectionConfig {
         }
         if let Some(url) = &self.contact_lookup_url {
             anyhow::ensure!(
-                (url.starts_with("http://") || url.starts_with("https://"))
-                    && url.contains("{number}"),
-                "connection `{id}`: `contact_lookup_url` must be an http(s) URL with `{{number}}` in it"
+                url.contains("{number}"),
+                "connection `{id}`: `contact_lookup_url` must have `{{number}}` in it"
             );
+            check_url(&format!("connection `{id}`: `contact_lookup_url`"), url)?;
         }
         let mut contacts = Contacts {
             numbers: BTreeMap::new(),
@@ -315,7 +347,7 @@ impl ConnectionConfig {
 
 impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         let mut seen = std::collections::BTreeSet::new();
         for c in &config.connections {
             anyhow::ensure!(seen.insert(&c.id), "connection `{}` is defined twice", c.id);
@@ -323,6 +355,15 @@ impl Config {
             config.check_delivery(c)?;
         }
         config.crm.api_credentials()?;
+        let crm = &config.crm;
+        for (setting, url) in [
+            ("`[crm] url`", &crm.url),
+            ("`[crm] rest_url`", &crm.rest_url),
+        ] {
+            if let Some(url) = url {
+                check_url(setting, url)?;
+            }
+        }
         Ok(config)
     }
 
@@ -371,6 +412,24 @@ impl Config {
                 Ok(connection)
             })
             .collect()
+    }
+}
+
+/// Where and why the file does not read, without `toml`'s quote of the line: the line may be a
+/// token or a secret, and so may a value quoted in the message (`invalid type: string "..."`).
+fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let mut message = String::new();
+    for (i, part) in e.message().split('"').enumerate() {
+        message.push_str(if i % 2 == 1 { "\"…\"" } else { part });
+    }
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            anyhow::anyhow!("TOML error at line {line}, column {column}: {message}")
+        }
+        None => anyhow::anyhow!("TOML error: {message}"),
     }
 }
 
@@ -448,6 +507,76 @@ mod tests {
             "demo-activation-secret-change-me",
         ] {
             assert!(!shown.contains(secret), "{secret} shows");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_token_or_secret() {
+        let config = Config::parse(
+            r#"
+            [crm]
+            url = "https://crm.example/events"
+
+            [[connections]]
+            id = "acme"
+            provider = "telsmart"
+            token = "first-token-0123456789"
+            tokens = ["second-token-0123456789"]
+            signing_secret = "signing-secret-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            api_key = "rest-key-0123456789"
+            api_secret = "rest-secret-0123456789"
+            contact_lookup_url = "https://crm.example/lookup/{number}?key=lookup-key-0123456789"
+            activation_client_id = "telsmart"
+            activation_client_secret = "activation-secret-0123456789"
+            auto_user_id_template = "usr_{user_extension}"
+            "#,
+        )
+        .unwrap();
+        let connections = config.connections().unwrap();
+        let shown = format!("{config:?} {:?} {connections:?}", config.connections);
+        let hashes = &connections[0].token_hashes;
+        for secret in [
+            "first-token-0123456789",
+            "second-token-0123456789",
+            "signing-secret-0123456789",
+            "rest-key-0123456789",
+            "rest-secret-0123456789",
+            "lookup-key-0123456789",
+            "activation-secret-0123456789",
+            &hashes[0],
+            &hashes[1],
+        ] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        assert!(
+            shown.contains("acme") && shown.contains("tokens: 2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_read_is_reported_without_its_values() {
+        for (text, line) in [
+            // A line that is not TOML: toml would quote it.
+            (
+                "[[connections]]\nid = \"acme\"\ntoken = acme-token-0123456789\n",
+                3,
+            ),
+            // A value of the wrong type: serde would quote it.
+            (
+                "[[connections]]\nid = \"acme\"\nlog_numbers = \"acme-token-0123456789\"\n",
+                3,
+            ),
+            (
+                "listen = \"x\"\n[crm]\ntimeout_ms = \"acme-token-0123456789\"\n",
+                3,
+            ),
+        ] {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(!error.contains("acme-token"), "{error}");
+            assert!(error.contains(&format!("line {line}")), "{error}");
         }
     }
 
@@ -564,14 +693,14 @@ mod tests {
             ))
         };
         assert!(config("", "rest").is_ok());
-        assert!(config(r#"rest_url = "http://m""#, "rest").is_ok());
-        assert!(config(r#"url = "http://e""#, "events").is_ok());
-        let rest_without = config(r#"url = "http://e""#, "rest").unwrap_err();
+        assert!(config(r#"rest_url = "https://m""#, "rest").is_ok());
+        assert!(config(r#"url = "https://e""#, "events").is_ok());
+        let rest_without = config(r#"url = "https://e""#, "rest").unwrap_err();
         assert!(
             rest_without.to_string().contains("rest_url"),
             "{rest_without}"
         );
-        let events_without = config(r#"rest_url = "http://m""#, "events").unwrap_err();
+        let events_without = config(r#"rest_url = "https://m""#, "events").unwrap_err();
         assert!(
             events_without.to_string().contains("`[crm] url`"),
             "{events_without}"

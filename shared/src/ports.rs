@@ -159,14 +159,16 @@ pub trait ContactLookup: Send + Sync {
     async fn contact(&self, connection: &Connection, e164: &str) -> anyhow::Result<Option<String>>;
 }
 
+/// A connection's activated users: extension to Morph user id.
+pub type ActivatedUsers = std::sync::Arc<BTreeMap<String, String>>;
+
 /// The users activated through Telsmart's onboarding, per connection: extension to Morph
 /// user id. They join the connection's `users` directory.
 #[async_trait]
 pub trait UserDirectory: Send + Sync {
-    async fn activated_users(
-        &self,
-        connection_id: &str,
-    ) -> anyhow::Result<BTreeMap<String, String>>;
+    /// The same `Arc` for as long as the users are unchanged (or cached), so that a reader can
+    /// keep what it built from them.
+    async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers>;
     /// Adds or replaces an extension's user.
     async fn activate(
         &self,

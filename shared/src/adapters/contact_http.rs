@@ -2,8 +2,10 @@
 //! `{number}` replaced by the E.164 number (URL-encoded), answered with
 //! `{"contact_id": "contact_123"}`, `{"contact_id": null}` or a 404 when there is no contact.
 //! Answers are kept for a minute, so the events of one call (and a burst of calls from one
-//! number) cost one request.
+//! number) cost one request. The URL may hold the lookup's token: it must be `https://` (but
+//! for a loopback host) and a redirect is not followed, as for the CRM.
 
+use crate::adapters::crm_http::{check_url, client_builder};
 use crate::domain::connection::Connection;
 use crate::ports::ContactLookup;
 use async_trait::async_trait;
@@ -34,9 +36,8 @@ struct Answer {
 
 impl Default for HttpContactLookup {
     fn default() -> Self {
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .timeout(TIMEOUT)
-            .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
             .build()
             // As `reqwest::Client::new`: only a TLS backend that cannot start fails here.
             .expect("an HTTP client");
@@ -63,6 +64,10 @@ impl HttpContactLookup {
             .map_err(reqwest::Error::without_url)?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_redirection() => anyhow::bail!(
+                "the lookup answered HTTP {} (a redirect): not followed, it would take the number and the URL's token elsewhere",
+                status.as_u16()
+            ),
             status if status.is_success() => Ok(response
                 .json::<Answer>()
                 .await
@@ -87,6 +92,7 @@ impl ContactLookup for HttpContactLookup {
         };
         let number: String = form_urlencoded::byte_serialize(e164.as_bytes()).collect();
         let url = template.replace("{number}", &number);
+        check_url("`contact_lookup_url`", template)?;
         if let Some((at, answer)) = self.cache().get(&url)
             && at.elapsed() < CACHE_FOR
         {

@@ -1,14 +1,20 @@
 //! The CRM over HTTP: one Morph event per POST, with the headers Morph reads; and, for
 //! connections in REST mode, the requests of Morph's REST API.
+//!
+//! Every request carries a connection's identity, and REST requests its API key and secret, so
+//! redirects are never followed (a 3xx is Morph's refusal, parked like a 4xx: the URL to fix is
+//! ours) and only `https://` URLs are taken, but for a loopback host (the local CRM recorder,
+//! the tests): see [`check_url`] and `docs/security.md`.
 
 use crate::domain::connection::{ApiCredentials, Connection};
 use crate::domain::record::Delivery;
 use crate::domain::rest::{RestMethod, RestRequest};
 use crate::ports::{Crm, DeliveryOutcome, RestOutcome};
 use async_trait::async_trait;
-use reqwest::header::RETRY_AFTER;
-use reqwest::{Response, StatusCode};
+use reqwest::header::{LOCATION, RETRY_AFTER};
+use reqwest::{Response, StatusCode, Url, redirect};
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Longest CRM answer (in characters) kept for a parked delivery.
@@ -42,10 +48,14 @@ impl HttpCrm {
         rest_url: Option<String>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        for (setting, url) in [("the CRM URL", &events_url), ("the REST URL", &rest_url)] {
+            if let Some(url) = url {
+                check_url(setting, url)?;
+            }
+        }
+        let client = client_builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,
@@ -138,6 +148,35 @@ impl Crm for HttpCrm {
     }
 }
 
+/// The HTTP client of every request that names a connection: it follows no redirect, so
+/// neither credentials nor a call's data can be sent on to a host the operator did not name.
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Whether `url` may be sent credentials and calls: `https://`, or `http://` to a loopback host
+/// (`localhost`, 127.0.0.0/8, `::1`), where nothing crosses a network.
+pub fn check_url(setting: &str, url: &str) -> anyhow::Result<()> {
+    // The URL itself is never repeated: it may hold a token.
+    let parsed = Url::parse(url).map_err(|e| anyhow::anyhow!("{setting} is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => anyhow::bail!(
+            "{setting} must be an https:// URL (http:// only to localhost, for tests): it carries credentials and calls"
+        ),
+    }
+}
+
 /// A request whose fate is unknown: an update is safe to send again, a create is not.
 fn lost(request: &RestRequest, reason: String) -> DeliveryOutcome {
     if request.is_create() {
@@ -170,6 +209,22 @@ fn not_configured(what: &str, setting: &str) -> DeliveryOutcome {
 /// What an answer other than 2xx means: try again, or give up with Morph's answer.
 async fn refusal(response: Response) -> DeliveryOutcome {
     let status = response.status();
+    if status.is_redirection() {
+        let location: String = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nowhere")
+            .chars()
+            .take(MAX_ANSWER_CHARS)
+            .collect();
+        return DeliveryOutcome::Reject {
+            status: status.as_u16(),
+            body: format!(
+                "a redirect to `{location}`, not followed: it would take the connection's credentials and the call there. Set the CRM URL to where Morph answers"
+            ),
+        };
+    }
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)

@@ -155,6 +155,8 @@ pub struct SqliteStore {
     /// Every resource id with a parked delivery, and maybe some un-parked since by another
     /// process (which only un-parks): a call not in it needs no read to know it is not parked.
     maybe_parked: Mutex<HashSet<String>>,
+    /// The activated users of each connection read so far; this store is their only writer.
+    activated_users: users::Cache,
     queued: Notify,
     /// Set when an erasure is done: the checkpointer then empties the WAL file.
     erased: Arc<AtomicBool>,
@@ -184,6 +186,7 @@ impl SqliteStore {
             }),
             records: RecordCache::default(),
             maybe_parked: Mutex::new(parked),
+            activated_users: users::Cache::default(),
             queued: Notify::new(),
         })
     }

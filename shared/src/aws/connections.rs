@@ -1,10 +1,13 @@
-//! The connections on DynamoDB: one item per connection, `id` (key) and `connection` (the
-//! [`Connection`] as JSON: tokens only as hashes). Written by `callbridge connections import`,
-//! read by every function and kept for a minute in the warm container, so a burst of webhooks
-//! costs one read per connection, and a changed token is in force within a minute.
+//! The connections on DynamoDB: one item per connection, `id` (key), `connection` (the
+//! [`Connection`] as JSON: tokens only as hashes) and, for a connection that has them, its REST
+//! API key and secret apart in `rest_credentials` (JSON), so that the ingest functions, which
+//! never use them, read the item without them and their role may not read them (the template's
+//! `dynamodb:Attributes` condition). Written by `callbridge connections import`, read by every
+//! function and kept for a minute in the warm container, so a burst of webhooks costs one read
+//! per connection, and a changed token is in force within a minute.
 
 use super::usage::Usage;
-use crate::domain::connection::Connection;
+use crate::domain::connection::{ApiCredentials, Connection};
 use crate::ports::ConnectionDirectory;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "id";
 const CONNECTION: &str = "connection";
+const REST_CREDENTIALS: &str = "rest_credentials";
 
 /// How long a connection (or its absence) is taken from the cache.
 const CACHE_FOR: Duration = Duration::from_secs(60);
@@ -31,29 +35,43 @@ pub struct DynamoConnections {
     table: String,
     usage: Arc<Usage>,
     cache: Mutex<Cache>,
+    /// Whether reads take the REST credentials too (the worker, the operator's commands).
+    with_rest_credentials: bool,
 }
 
 /// By id: when it was read, and what (`None`: no such connection).
 type Cache = HashMap<String, (Instant, Option<Arc<Connection>>)>;
 
 impl DynamoConnections {
+    /// The whole connections, REST credentials included: the worker's and the operator's.
     pub fn new(client: Client, table: impl Into<String>, usage: Arc<Usage>) -> Self {
         Self {
             client,
             table: table.into(),
             usage,
             cache: Mutex::default(),
+            with_rest_credentials: true,
+        }
+    }
+
+    /// The connections without their REST credentials, never read: the ingest functions'.
+    pub fn without_rest_credentials(
+        client: Client,
+        table: impl Into<String>,
+        usage: Arc<Usage>,
+    ) -> Self {
+        Self {
+            with_rest_credentials: false,
+            ..Self::new(client, table, usage)
         }
     }
 
     /// Creates or replaces a connection.
     pub async fn put(&self, connection: &Connection) -> anyhow::Result<()> {
-        let json = serde_json::to_string(connection)?;
         self.client
             .put_item()
             .table_name(&self.table)
-            .item(KEY, AttributeValue::S(connection.id.clone()))
-            .item(CONNECTION, AttributeValue::S(json))
+            .set_item(Some(item(connection)?))
             .send()
             .await
             .map_err(|e| {
@@ -74,11 +92,7 @@ impl DynamoConnections {
             .client
             .put_item()
             .table_name(&self.table)
-            .item(KEY, AttributeValue::S(connection.id.clone()))
-            .item(
-                CONNECTION,
-                AttributeValue::S(serde_json::to_string(connection)?),
-            )
+            .set_item(Some(item(connection)?))
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", KEY);
         match put.send().await {
@@ -102,6 +116,11 @@ impl DynamoConnections {
         id: &str,
         mut change: impl FnMut(&mut Connection) -> anyhow::Result<()>,
     ) -> anyhow::Result<Connection> {
+        // A write replaces the whole item: from a read without the credentials, it would drop them.
+        anyhow::ensure!(
+            self.with_rest_credentials,
+            "connection `{id}`: a reader without the REST credentials cannot change a connection"
+        );
         const TRIES: usize = 5;
         for _ in 0..TRIES {
             let (mut connection, read) = self
@@ -113,11 +132,7 @@ impl DynamoConnections {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .item(KEY, AttributeValue::S(id.to_string()))
-                .item(
-                    CONNECTION,
-                    AttributeValue::S(serde_json::to_string(&connection)?),
-                )
+                .set_item(Some(item(&connection)?))
                 .condition_expression("#connection = :read")
                 .expression_attribute_names("#connection", CONNECTION)
                 .expression_attribute_values(":read", AttributeValue::S(read));
@@ -178,26 +193,55 @@ impl DynamoConnections {
     /// The connection and the JSON it was read from.
     async fn read_json(&self, id: &str) -> anyhow::Result<Option<(Connection, String)>> {
         self.usage.connection_read();
-        let output = self
+        let mut get = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(KEY, AttributeValue::S(id.to_string()))
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read connection `{id}` from {}: {}",
-                    self.table,
-                    DisplayErrorContext(&e)
-                )
-            })?;
+            .key(KEY, AttributeValue::S(id.to_string()));
+        if !self.with_rest_credentials {
+            get = get
+                .projection_expression("#id, #connection")
+                .expression_attribute_names("#id", KEY)
+                .expression_attribute_names("#connection", CONNECTION);
+        }
+        let output = get.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read connection `{id}` from {}: {}",
+                self.table,
+                DisplayErrorContext(&e)
+            )
+        })?;
         let Some(item) = output.item else {
             return Ok(None);
         };
         let json = stored_json(&item)?;
-        Ok(Some((parse(&item)?, json.to_string())))
+        let mut connection = parse(&item)?;
+        if !self.with_rest_credentials {
+            // An item written before the credentials had an attribute of their own.
+            connection.api_credentials = None;
+        }
+        Ok(Some((connection, json.to_string())))
     }
+}
+
+/// The item of a connection: its REST credentials apart from the rest.
+fn item(connection: &Connection) -> anyhow::Result<HashMap<String, AttributeValue>> {
+    let mut without = connection.clone();
+    let credentials = without.api_credentials.take();
+    let mut item = HashMap::from([
+        (KEY.to_string(), AttributeValue::S(connection.id.clone())),
+        (
+            CONNECTION.to_string(),
+            AttributeValue::S(serde_json::to_string(&without)?),
+        ),
+    ]);
+    if let Some(credentials) = credentials {
+        item.insert(
+            REST_CREDENTIALS.to_string(),
+            AttributeValue::S(serde_json::to_string(&credentials)?),
+        );
+    }
+    Ok(item)
 }
 
 /// The `connection` attribute of an item.
@@ -210,10 +254,18 @@ fn stored_json(item: &HashMap<String, AttributeValue>) -> anyhow::Result<&str> {
 }
 
 fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Connection> {
-    serde_json::from_str(stored_json(item)?).map_err(|e| {
-        let id = item.get(KEY).and_then(|v| v.as_s().ok());
+    let id = item.get(KEY).and_then(|v| v.as_s().ok());
+    let mut connection: Connection = serde_json::from_str(stored_json(item)?).map_err(|e| {
         anyhow::anyhow!("connection {id:?}: the stored connection does not read: {e}")
-    })
+    })?;
+    if let Some(credentials) = item.get(REST_CREDENTIALS).and_then(|v| v.as_s().ok()) {
+        // The error names no part of the text: it is a secret.
+        let credentials: ApiCredentials = serde_json::from_str(credentials).map_err(|_| {
+            anyhow::anyhow!("connection {id:?}: the stored REST credentials do not read")
+        })?;
+        connection.api_credentials = Some(credentials);
+    }
+    Ok(connection)
 }
 
 fn is_condition_failure<R>(e: &SdkError<PutItemError, R>) -> bool {

@@ -67,7 +67,7 @@ impl Ingest {
                 .users_table
                 .as_ref()
                 .map(|table| DynamoUsers::new(dynamodb.clone(), table, usage.clone())),
-            connections: DynamoConnections::new(
+            connections: DynamoConnections::without_rest_credentials(
                 dynamodb,
                 &settings.connections_table,
                 usage.clone(),

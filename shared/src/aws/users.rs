@@ -6,7 +6,7 @@
 //! activation is in force within a minute.
 
 use super::usage::Usage;
-use crate::ports::UserDirectory;
+use crate::ports::{ActivatedUsers, UserDirectory};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -22,7 +22,7 @@ const USER_ID: &str = "user_id";
 /// How long a connection's activated users are taken from the cache.
 const CACHE_FOR: Duration = Duration::from_secs(60);
 
-type Cache = HashMap<String, (Instant, BTreeMap<String, String>)>;
+type Cache = HashMap<String, (Instant, ActivatedUsers)>;
 
 pub struct DynamoUsers {
     client: Client,
@@ -89,18 +89,17 @@ impl DynamoUsers {
 
 #[async_trait]
 impl UserDirectory for DynamoUsers {
-    async fn activated_users(
-        &self,
-        connection_id: &str,
-    ) -> anyhow::Result<BTreeMap<String, String>> {
+    async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers> {
         if let Some((at, users)) = self.cache().get(connection_id)
             && at.elapsed() < CACHE_FOR
         {
-            return Ok(users.clone());
+            return Ok(Arc::clone(users));
         }
-        let users = self.query(connection_id).await?;
-        self.cache()
-            .insert(connection_id.to_string(), (Instant::now(), users.clone()));
+        let users = Arc::new(self.query(connection_id).await?);
+        self.cache().insert(
+            connection_id.to_string(),
+            (Instant::now(), Arc::clone(&users)),
+        );
         Ok(users)
     }
 

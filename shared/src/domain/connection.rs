@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// Everything callbridge knows about one connection. Tokens are held only as SHA-256 hashes.
-/// `Debug` never shows the signing secret.
+/// `Debug` shows no token hash, secret or contact lookup URL (it may hold the lookup's token).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub id: String,
@@ -81,7 +81,7 @@ impl std::fmt::Debug for ApiCredentials {
 }
 
 /// Where a call's other party is looked up among the CRM's contacts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contacts {
     /// E.164 number to Morph `genericContact` id: resolved while mapping, no I/O.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -92,6 +92,19 @@ pub struct Contacts {
     /// The ISO 3166 country of numbers written without a country code (`BE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_country: Option<String>,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts")
+            .field("numbers", &self.numbers.len())
+            .field(
+                "lookup_url",
+                &self.lookup_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("default_country", &self.default_country)
+            .finish()
+    }
 }
 
 impl Contacts {
@@ -152,7 +165,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("id", &self.id)
             .field("provider", &self.provider)
-            .field("token_hashes", &self.token_hashes)
+            .field("tokens", &self.token_hashes.len())
             .field("account", &self.account)
             .field("connector_id", &self.connector_id)
             .field("owner_id", &self.owner_id)
@@ -192,9 +205,11 @@ impl Connection {
     /// The connection with the users activated through Telsmart's onboarding joined to its
     /// directory. A user the configuration names keeps the configuration's Morph user: it was
     /// set by hand, the template only guesses.
-    pub fn with_activated_users(mut self, activated: BTreeMap<String, String>) -> Self {
+    pub fn with_activated_users(mut self, activated: &BTreeMap<String, String>) -> Self {
         for (extension, user_id) in activated {
-            self.users.entry(extension).or_insert(user_id);
+            self.users
+                .entry(extension.clone())
+                .or_insert_with(|| user_id.clone());
         }
         self
     }
@@ -257,7 +272,7 @@ mod tests {
     fn configured_users_win_over_activated_ones() {
         let mut c = connection();
         c.users.insert("200".into(), "usr_john".into());
-        let c = c.with_activated_users(BTreeMap::from([
+        let c = c.with_activated_users(&BTreeMap::from([
             ("200".to_string(), "auto_200".to_string()),
             ("210".to_string(), "auto_210".to_string()),
         ]));

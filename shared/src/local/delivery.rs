@@ -92,19 +92,19 @@ impl Deliverer {
                 crm_answer: None,
                 parked_at: now(),
             };
-            tracing::error!(call = %call.to_path(), error = %e, "the call's record does not read: its deliveries are parked");
+            tracing::error!(call = ?call.to_path(), error = %e, "the call's record does not read: its deliveries are parked");
             match self.store.park(parked).await {
                 Ok(()) => return self.telemetry.parked(),
-                Err(e) => tracing::error!(call = %call.to_path(), error = %e, "cannot park"),
+                Err(e) => tracing::error!(call = ?call.to_path(), error = %e, "cannot park"),
             }
         }
-        tracing::error!(call = %call.to_path(), error = %e, "delivery interrupted; trying again at the next poll");
+        tracing::error!(call = ?call.to_path(), error = %e, "delivery interrupted; trying again at the next poll");
     }
 
     /// Pushes the call's outbox until it is empty or parked, waiting between attempts.
     async fn deliver(&self, call: &CallKey) -> anyhow::Result<()> {
         let Some(connection) = self.connections.connection(&call.connection_id).await? else {
-            tracing::warn!(call = %call.to_path(), "the call's connection is not configured; its deliveries wait for a restart");
+            tracing::warn!(call = ?call.to_path(), "the call's connection is not configured; its deliveries wait for a restart");
             return Ok(());
         };
         // Only a call's own task parks its deliveries, and un-parking only lets them go: one

@@ -10,18 +10,26 @@
 use super::ingest::Rejection;
 use crate::domain::connection::Connection;
 use crate::domain::event::Provider;
-use crate::ports::{ConnectionDirectory, UserDirectory};
+use crate::ports::{ActivatedUsers, ConnectionDirectory, UserDirectory};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Larger bodies are refused: an activation is two short fields.
 pub const MAX_ACTIVATION_BYTES: usize = 16 * 1024;
-/// Longest extension taken: a directory key, not a document.
-const MAX_EXTENSION_CHARS: usize = 64;
+/// An extension is digits only, at most this many: a phone number (`+3228992675`) taken as an
+/// extension would turn the calls of that number into a user's internal calls.
+pub const MAX_EXTENSION_DIGITS: usize = 6;
+/// A tenant id is at most this many letters, digits, `-`, `_` and `.` (Telsmart's are UUIDs):
+/// it is written into Morph user ids.
+pub const MAX_TENANT_ID_CHARS: usize = 64;
+/// Activated users per connection; past it an activation is refused (409 `too_many_users`)
+/// until one is deactivated. Every webhook of the connection carries its users.
+pub const MAX_ACTIVATED_USERS: usize = 2_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,7 +76,9 @@ pub struct Activated {
     pub user_id: Option<String>,
 }
 
-/// Authenticates and carries out one activation or deactivation.
+/// Authenticates and carries out one activation or deactivation. The client is checked
+/// before the body is read when it comes as HTTP Basic; in the body (`client_secret_post`),
+/// before any other field is.
 pub async fn activation(
     request: &ActivationRequest<'_>,
     connections: &dyn ConnectionDirectory,
@@ -103,6 +113,19 @@ pub async fn activation(
             ),
         ));
     };
+    let unauthorized = || {
+        Rejection::new(
+            401,
+            "unauthorized",
+            "the client id and secret are not this connection's (HTTP Basic, or `client_id` and `client_secret` in a JSON or form body)",
+        )
+    };
+    let basic = basic_credentials(request.authorization);
+    if let Some((client_id, client_secret)) = &basic
+        && !activation.accepts(client_id, client_secret)
+    {
+        return Err(unauthorized());
+    }
     if request.body.len() > MAX_ACTIVATION_BYTES {
         return Err(Rejection::new(
             413,
@@ -110,52 +133,76 @@ pub async fn activation(
             format!("the body is over {} KiB", MAX_ACTIVATION_BYTES / 1024),
         ));
     }
-    let fields = read_fields(request)?;
+    let fields = match read_fields(request) {
+        Ok(fields) => fields,
+        // Without HTTP Basic the credentials are in the body: one that does not read has none.
+        Err(_) if basic.is_none() => return Err(unauthorized()),
+        Err(rejection) => return Err(rejection),
+    };
     let text = |name: &str| match fields.get(name) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let (client_id, client_secret) = match basic_credentials(request.authorization) {
-        Some(credentials) => credentials,
-        None => (
-            text("client_id").unwrap_or_default(),
-            text("client_secret").unwrap_or_default(),
-        ),
-    };
-    if !activation.accepts(&client_id, &client_secret) {
-        return Err(Rejection::new(
-            401,
-            "unauthorized",
-            "the client id and secret are not this connection's (HTTP Basic, or `client_id` and `client_secret` in the body)",
-        ));
+    if basic.is_none()
+        && !activation.accepts(
+            &text("client_id").unwrap_or_default(),
+            &text("client_secret").unwrap_or_default(),
+        )
+    {
+        return Err(unauthorized());
     }
 
+    let invalid = |name: &'static str, message: String| {
+        let mut rejection = Rejection::new(400, "invalid_payload", message);
+        rejection.field = Some(name.into());
+        rejection
+    };
     let required = |name: &'static str| {
-        text(name).ok_or_else(|| {
-            let mut rejection =
-                Rejection::new(400, "invalid_payload", format!("`{name}` is required"));
-            rejection.field = Some(name.into());
-            rejection
-        })
+        text(name).ok_or_else(|| invalid(name, format!("`{name}` is required")))
     };
     let tenant_id = required("tenant_id")?;
-    let user_extension = required("user_extension")?;
-    check_account(&connection, &tenant_id)?;
-    if user_extension.chars().count() > MAX_EXTENSION_CHARS
-        || user_extension.chars().any(char::is_control)
+    if tenant_id.chars().count() > MAX_TENANT_ID_CHARS
+        || !tenant_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        let mut rejection = Rejection::new(
-            400,
-            "invalid_payload",
-            format!("`user_extension` must be at most {MAX_EXTENSION_CHARS} printable characters"),
-        );
-        rejection.field = Some("user_extension".into());
-        return Err(rejection);
+        return Err(invalid(
+            "tenant_id",
+            format!(
+                "`tenant_id` must be at most {MAX_TENANT_ID_CHARS} letters, digits, `-`, `_` and `.`"
+            ),
+        ));
     }
+    let user_extension = required("user_extension")?;
+    if user_extension.len() > MAX_EXTENSION_DIGITS
+        || !user_extension.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid(
+            "user_extension",
+            format!(
+                "`user_extension` must be an extension: 1 to {MAX_EXTENSION_DIGITS} digits, not a phone number"
+            ),
+        ));
+    }
+    check_account(&connection, &tenant_id)?;
 
     let (status, user_id) = match request.action {
         Action::Activate => {
+            let activated = users
+                .activated_users(&connection.id)
+                .await
+                .map_err(|e| unavailable("user directory", &e))?;
+            if activated.len() >= MAX_ACTIVATED_USERS && !activated.contains_key(&user_extension) {
+                return Err(Rejection::new(
+                    409,
+                    "too_many_users",
+                    format!(
+                        "connection `{}` has {MAX_ACTIVATED_USERS} activated users, its limit: deactivate one first",
+                        connection.id
+                    ),
+                ));
+            }
             let user_id = activation.user_id(&tenant_id, &user_extension);
             users
                 .activate(&connection.id, &user_extension, &user_id)
@@ -234,15 +281,34 @@ fn unavailable(what: &str, e: &anyhow::Error) -> Rejection {
 
 /// A connection directory whose connections include the users activated on them: what the
 /// local runtime reads its connections through. (On AWS the connections table holds the
-/// activated users beside the connection, and reads them in the same request.)
+/// activated users beside the connection, and reads them in the same request.) A connection
+/// joined to its users is kept until either changes, so a lookup costs the same with 2,000
+/// users as with none.
 pub struct WithActivatedUsers {
     connections: Arc<dyn ConnectionDirectory>,
     users: Arc<dyn UserDirectory>,
+    joined: Mutex<HashMap<String, Joined>>,
+}
+
+/// A connection with its activated users, and the two it was made of.
+struct Joined {
+    connection: Arc<Connection>,
+    users: ActivatedUsers,
+    joined: Arc<Connection>,
 }
 
 impl WithActivatedUsers {
     pub fn new(connections: Arc<dyn ConnectionDirectory>, users: Arc<dyn UserDirectory>) -> Self {
-        Self { connections, users }
+        Self {
+            connections,
+            users,
+            joined: Mutex::default(),
+        }
+    }
+
+    fn joined(&self) -> MutexGuard<'_, HashMap<String, Joined>> {
+        // Plain data: still good after a panic elsewhere.
+        self.joined.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -252,17 +318,31 @@ impl ConnectionDirectory for WithActivatedUsers {
         let Some(connection) = self.connections.connection(id).await? else {
             return Ok(None);
         };
-        // Only a connection that takes activations can have activated users to read.
+        // Only a connection that takes activations can have activated users to read, so the
+        // joined ones are as many as those connections.
         if connection.activation.is_none() {
             return Ok(Some(connection));
         }
-        let activated = self.users.activated_users(id).await?;
-        if activated.is_empty() {
+        let users = self.users.activated_users(id).await?;
+        if users.is_empty() {
             return Ok(Some(connection));
         }
-        Ok(Some(Arc::new(
-            Connection::clone(&connection).with_activated_users(activated),
-        )))
+        if let Some(kept) = self.joined().get(id)
+            && Arc::ptr_eq(&kept.connection, &connection)
+            && Arc::ptr_eq(&kept.users, &users)
+        {
+            return Ok(Some(Arc::clone(&kept.joined)));
+        }
+        let joined = Arc::new(Connection::clone(&connection).with_activated_users(&users));
+        self.joined().insert(
+            id.to_owned(),
+            Joined {
+                connection,
+                users,
+                joined: Arc::clone(&joined),
+            },
+        );
+        Ok(Some(joined))
     }
 }
 
@@ -292,6 +372,16 @@ mod tests {
         token = "plain-token-0123456789"
         connector_id = "conn"
         owner_id = "owner"
+
+        [[connections]]
+        id = "open"
+        provider = "telsmart"
+        token = "open-token-0123456789"
+        connector_id = "conn"
+        owner_id = "owner"
+        activation_client_id = "telsmart-client"
+        activation_client_secret = "telsmart-secret-0123456789"
+        auto_user_id_template = "usr_{tenant_id}_{user_extension}"
     "#;
 
     struct Fixture {
@@ -434,5 +524,169 @@ mod tests {
             );
         }
         assert!(f.store.activated_users("acme").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn hostile_tenant_ids_and_extensions_are_refused_naming_the_field() {
+        let f = fixture().await;
+        let good = basic("telsmart-client", "telsmart-secret-0123456789");
+        let long_tenant = "t".repeat(MAX_TENANT_ID_CHARS + 1);
+        let cases = [
+            // Without `account`, the tenant id still becomes part of a user id.
+            ("open", "../other-tenant", "210", "tenant_id"),
+            ("open", "t1\nforged", "210", "tenant_id"),
+            ("open", "{user_extension}", "210", "tenant_id"),
+            ("open", long_tenant.as_str(), "210", "tenant_id"),
+            // A phone number would make that number's calls a user's internal calls.
+            ("open", "t1", "+3228992675", "user_extension"),
+            ("open", "t1", "3228992675", "user_extension"),
+            ("open", "t1", "1234567", "user_extension"),
+            ("open", "t1", "20 0", "user_extension"),
+            ("open", "t1", "abc", "user_extension"),
+            ("acme", "tenant-1", "+32 2 899 26 75", "user_extension"),
+        ];
+        for (connection_id, tenant, extension, field) in cases {
+            let body = serde_json::to_vec(
+                &serde_json::json!({"tenant_id": tenant, "user_extension": extension}),
+            )
+            .unwrap();
+            let rejection = activation(
+                &ActivationRequest {
+                    connection_id,
+                    ..request(Action::Activate, Some(&good), &body)
+                },
+                &*f.connections,
+                &*f.store,
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(
+                (
+                    rejection.status,
+                    rejection.error,
+                    rejection.field.as_deref()
+                ),
+                (400, "invalid_payload", Some(field)),
+                "{tenant:?} {extension:?}: {}",
+                rejection.message
+            );
+        }
+        for connection_id in ["open", "acme"] {
+            assert!(
+                f.store
+                    .activated_users(connection_id)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        // What an extension and a tenant id are, is taken.
+        let done = activation(
+            &ActivationRequest {
+                connection_id: "open",
+                ..request(
+                    Action::Activate,
+                    Some(&good),
+                    br#"{"tenant_id": "b11d749b-8eb7-4236-a068-3d94ba3860d6", "user_extension": "200"}"#,
+                )
+            },
+            &*f.connections,
+            &*f.store,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            done.user_id.as_deref(),
+            Some("usr_b11d749b-8eb7-4236-a068-3d94ba3860d6_200")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_is_checked_before_the_body_is_read() {
+        let f = fixture().await;
+        let bad = basic("telsmart-client", "wrong-secret-0123456789");
+        let oversized = vec![b'x'; MAX_ACTIVATION_BYTES + 1];
+        let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases: [(Option<&str>, &[u8]); 4] = [
+            (Some(&bad), b"not json"),
+            (Some(&bad), &oversized),
+            (Some(&bad), nested.as_bytes()),
+            // Without HTTP Basic, a body that does not read holds no credentials.
+            (None, b"not json"),
+        ];
+        for (authorization, body) in cases {
+            let rejection = activation(
+                &request(Action::Activate, authorization, body),
+                &*f.connections,
+                &*f.store,
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(
+                (rejection.status, rejection.error),
+                (401, "unauthorized"),
+                "{authorization:?}, {} bytes",
+                body.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn activated_users_are_bounded_per_connection() {
+        let f = fixture().await;
+        for extension in 0..MAX_ACTIVATED_USERS {
+            f.store
+                .activate("acme", &extension.to_string(), "usr")
+                .await
+                .unwrap();
+        }
+        let good = basic("telsmart-client", "telsmart-secret-0123456789");
+        let activate = |extension: &'static str| {
+            let body = format!(r#"{{"tenant_id": "tenant-1", "user_extension": "{extension}"}}"#);
+            let auth = good.clone();
+            let f = &f;
+            async move {
+                activation(
+                    &request(Action::Activate, Some(&auth), body.as_bytes()),
+                    &*f.connections,
+                    &*f.store,
+                )
+                .await
+            }
+        };
+        let refused = activate("999999").await.unwrap_err();
+        assert_eq!((refused.status, refused.error), (409, "too_many_users"));
+        assert!(refused.message.contains(&MAX_ACTIVATED_USERS.to_string()));
+        // One already there may be activated again; after a deactivation, a new one fits.
+        assert!(activate("7").await.is_ok());
+        f.store.deactivate("acme", "7").await.unwrap();
+        assert!(activate("999999").await.is_ok());
+        assert_eq!(
+            f.store.activated_users("acme").await.unwrap().len(),
+            MAX_ACTIVATED_USERS
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_joined_to_its_users_is_kept_until_they_change() {
+        let f = fixture().await;
+        for extension in 0..MAX_ACTIVATED_USERS {
+            f.store
+                .activate("acme", &format!("{}", 100_000 + extension), "usr")
+                .await
+                .unwrap();
+        }
+        let directory = WithActivatedUsers::new(f.connections.clone(), f.store.clone());
+        let first = directory.connection("acme").await.unwrap().unwrap();
+        let again = directory.connection("acme").await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "joined again for every lookup");
+        assert_eq!(first.users.len(), MAX_ACTIVATED_USERS + 1);
+
+        f.store.activate("acme", "210", "usr_210").await.unwrap();
+        let changed = directory.connection("acme").await.unwrap().unwrap();
+        assert_eq!(changed.user_id("210"), Some("usr_210"));
+        f.store.deactivate("acme", "210").await.unwrap();
+        let back = directory.connection("acme").await.unwrap().unwrap();
+        assert_eq!(back.user_id("210"), None);
     }
 }

@@ -1,27 +1,48 @@
-//! The users activated through Telsmart's onboarding, in the store's `activated_users` table.
+//! The users activated through Telsmart's onboarding, in the store's `activated_users` table,
+//! and kept in memory once read: every webhook of a connection looks them up, and only this
+//! store writes them (the server's activation routes), so it knows when to read them again.
 
 use super::SqliteStore;
-use crate::ports::UserDirectory;
+use crate::ports::{ActivatedUsers, UserDirectory};
 use async_trait::async_trait;
 use rusqlite::params;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// By connection id; a connection's entry goes when one of its users changes.
+#[derive(Default)]
+pub(super) struct Cache(Mutex<HashMap<String, ActivatedUsers>>);
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ActivatedUsers>> {
+        // Plain data: still good after a panic elsewhere.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 #[async_trait]
 impl UserDirectory for SqliteStore {
-    async fn activated_users(
-        &self,
-        connection_id: &str,
-    ) -> anyhow::Result<BTreeMap<String, String>> {
-        let connection_id = connection_id.to_owned();
-        self.readers
+    async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers> {
+        if let Some(users) = self.activated_users.lock().get(connection_id) {
+            return Ok(Arc::clone(users));
+        }
+        let id = connection_id.to_owned();
+        let users: BTreeMap<String, String> = self
+            .readers
             .read(move |c| {
                 c.prepare_cached(
                     "SELECT extension, user_id FROM activated_users WHERE connection_id = ?1",
                 )?
-                .query_map([connection_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect()
             })
-            .await
+            .await?;
+        let users = Arc::new(users);
+        // Only connections that take activations are read: the cache is as bounded as they are.
+        self.activated_users
+            .lock()
+            .insert(connection_id.to_owned(), Arc::clone(&users));
+        Ok(users)
     }
 
     async fn activate(
@@ -43,8 +64,9 @@ impl UserDirectory for SqliteStore {
                 )?
                 .execute(params![row.0, row.1, row.2])
             })
-            .await
-            .map(drop)
+            .await?;
+        self.activated_users.lock().remove(connection_id);
+        Ok(())
     }
 
     async fn deactivate(&self, connection_id: &str, extension: &str) -> anyhow::Result<()> {
@@ -56,8 +78,9 @@ impl UserDirectory for SqliteStore {
                 )?
                 .execute(params![key.0, key.1])
             })
-            .await
-            .map(drop)
+            .await?;
+        self.activated_users.lock().remove(connection_id);
+        Ok(())
     }
 }
 
@@ -78,12 +101,18 @@ mod tests {
         }
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(
-            store.activated_users("acme").await.unwrap(),
+            *store.activated_users("acme").await.unwrap(),
             BTreeMap::from([
                 ("200".to_string(), "usr_john".to_string()),
                 ("210".to_string(), "usr_210".to_string()),
             ])
         );
+        // Read once, then kept until a change.
+        let read = store.activated_users("acme").await.unwrap();
+        assert!(Arc::ptr_eq(
+            &read,
+            &store.activated_users("acme").await.unwrap()
+        ));
         store.deactivate("acme", "200").await.unwrap();
         store.deactivate("acme", "999").await.unwrap();
         assert_eq!(
@@ -91,10 +120,12 @@ mod tests {
                 .activated_users("acme")
                 .await
                 .unwrap()
-                .into_keys()
+                .keys()
                 .collect::<Vec<_>>(),
             ["210"]
         );
+        store.activate("acme", "220", "usr_220").await.unwrap();
+        assert_eq!(store.activated_users("acme").await.unwrap().len(), 2);
         assert_eq!(store.activated_users("nobody").await.unwrap().len(), 0);
     }
 }
