@@ -3,7 +3,7 @@
 //! `infra/callbridge.example.toml`.
 
 use crate::domain::connection::{
-    Activation, ApiCredentials, Connection, Contacts, DeliveryMode, hash_token,
+    Activation, ApiCredentials, Connection, Contacts, DeliveryMode, QueueCalls, hash_token,
 };
 use crate::domain::contact::Country;
 use crate::domain::event::Provider;
@@ -158,6 +158,10 @@ pub struct ConnectionConfig {
     /// The Morph user id of an activated extension (`{user_extension}`, `{tenant_id}`).
     #[serde(default)]
     pub auto_user_id_template: Option<String>,
+    /// Telsmart: `answered` (the default) shows a queue call on the leg of the member who
+    /// answered it; `every_member` shows every member's leg (`docs/providers/telsmart.md`).
+    #[serde(default)]
+    pub queue_calls: QueueCalls,
 }
 
 fn default_listen() -> String {
@@ -234,6 +238,7 @@ impl ConnectionConfig {
             )?,
             contacts: self.contacts()?,
             activation: self.activation()?,
+            queue_calls: self.queue_calls,
         })
     }
 
