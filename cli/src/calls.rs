@@ -231,7 +231,8 @@ pub fn state(record: &CallRecord, parked: &[ParkedDelivery]) -> &'static str {
     if record.erased_at.is_some() {
         if delivered { "erased" } else { "erasing" }
     } else if delivered {
-        if record.merged_into.is_some() {
+        // Outside an erasure, only a transfer that showed another call deletes one.
+        if record.deleted {
             "merged"
         } else {
             "delivered"

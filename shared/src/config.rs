@@ -4,7 +4,7 @@
 
 use crate::adapters::crm_http::check_url;
 use crate::domain::connection::{
-    Activation, ApiCredentials, Connection, Contacts, DeliveryMode, hash_token,
+    Activation, ApiCredentials, Connection, Contacts, DeliveryMode, QueueCalls, hash_token,
 };
 use crate::domain::contact::Country;
 use crate::domain::event::Provider;
@@ -160,6 +160,10 @@ pub struct ConnectionConfig {
     /// The Morph user id of an activated extension (`{user_extension}`, `{tenant_id}`).
     #[serde(default)]
     pub auto_user_id_template: Option<String>,
+    /// Telsmart: `answered` (the default) shows a queue call on the leg of the member who
+    /// answered it; `every_member` shows every member's leg (`docs/providers/telsmart.md`).
+    #[serde(default)]
+    pub queue_calls: QueueCalls,
 }
 
 impl std::fmt::Debug for ConnectionConfig {
@@ -266,6 +270,7 @@ impl ConnectionConfig {
             )?,
             contacts: self.contacts()?,
             activation: self.activation()?,
+            queue_calls: self.queue_calls,
         })
     }
 

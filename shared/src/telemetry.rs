@@ -698,6 +698,7 @@ mod tests {
             event: MorphEventType::Created,
             idempotency_key: "k".into(),
             body: json!({"data": {"fields": {"externalNumber": "+3228992675"}}}),
+            closed: None,
             received_at: Some(received.unwrap()),
         };
         let took = Duration::from_millis(20);

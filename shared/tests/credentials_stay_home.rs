@@ -95,6 +95,7 @@ fn delivery() -> Delivery {
         idempotency_key: "call_0123-r1".into(),
         body: json!({"externalNumber": "+3228992675"}),
         received_at: None,
+        closed: None,
     }
 }
 

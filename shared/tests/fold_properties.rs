@@ -123,7 +123,7 @@ proptest! {
 
     #[test]
     fn any_order_and_repetition_gives_one_state((events, sent) in scrambled()) {
-        prop_assert_eq!(fold(&events, &[]), fold(&sent, &[]));
+        prop_assert_eq!(fold(&events), fold(&sent));
     }
 
     #[test]
@@ -160,7 +160,7 @@ proptest! {
 
     #[test]
     fn duration_and_status_follow_the_rules(events in proptest::collection::vec(event(), 1..12)) {
-        if let Some(state) = fold(&events, &[]) {
+        if let Some(state) = fold(&events) {
             let resource = callbridge_shared::domain::resource::to_resource(&state, &connection(), &Default::default());
             let fields = serde_json::to_value(&resource.fields).unwrap();
             match state.ended_at {

@@ -615,3 +615,118 @@ async fn a_deleted_call_sends_nothing_over_rest() {
     assert!(bridge.record().await.0.outbox.is_empty());
     assert_eq!(morph.requests().len(), 1);
 }
+
+/// Voys' attended transfer in which Voys keeps the consultation call's id
+/// (`tests/scenarios/voys/10-attended-transfer-keeps-consultation.json`), delivered over REST:
+/// Morph has no delete, so the consultation is closed by a PATCH that ends it at the transfer,
+/// and the customer's call is the one that ends completed.
+#[tokio::test]
+async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
+    let morph = FakeMorph::start().await;
+    let config = Config::parse(&format!(
+        r#"
+        [crm]
+        rest_url = "{}"
+        timeout_ms = 500
+        api_key = "global-key"
+        api_secret = "global-secret"
+
+        [[connections]]
+        id = "acme-voys"
+        provider = "voys"
+        token = "acme-voys-token-0123456789"
+        connector_id = "conn_acme"
+        owner_id = "owner_acme"
+        delivery = "rest"
+        users = {{ "201" = "usr_piet", "piet@example.com" = "usr_piet", "202" = "usr_anna", "anna@example.com" = "usr_anna" }}
+        "#,
+        morph.url
+    ))
+    .unwrap();
+    let connection = config.connections().unwrap().remove(0);
+    let crm = callbridge_shared::local::crm(&config.crm).unwrap();
+    let telemetry = Telemetry::new(Arc::new(InMemoryMetrics::default()));
+    let store = MemoryStore::default();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/scenarios/voys/10-attended-transfer-keeps-consultation.json");
+    let webhooks: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let customer = CallKey::new(
+        "acme-voys",
+        Provider::Voys,
+        "ua9-grq-prd-1693580412.23011520",
+    );
+    let consultation = CallKey::new(
+        "acme-voys",
+        Provider::Voys,
+        "ua9-grq-prd-1693580437.23011688",
+    );
+    for webhook in &webhooks {
+        let parsed = providers::parse(Provider::Voys, webhook).unwrap();
+        let queued = QueuedWebhook {
+            connection_id: "acme-voys".into(),
+            received_at: Timestamp::from_micros(1_765_209_800_000_000).unwrap(),
+            event: parsed.event,
+            raw: webhook.clone(),
+        };
+        let applied = worker::apply(&store, &connection, &HttpContactLookup::default(), &queued)
+            .await
+            .unwrap();
+        for call in applied.to_deliver {
+            let (record, _) = store.load(&call).await.unwrap().unwrap();
+            let pushed = push_outbox(
+                &*crm,
+                &store,
+                &connection,
+                &call,
+                &record.outbox,
+                &telemetry,
+            )
+            .await;
+            let (mut record, version) = store.load(&call).await.unwrap().unwrap();
+            record.mark_delivered(pushed.delivered_up_to.expect("delivered"));
+            store.save(&record, Some(version)).await.unwrap();
+        }
+    }
+    let requests = morph.requests();
+    let bodies_of = |id: &str| -> Vec<Value> {
+        requests
+            .iter()
+            .filter(|r| r.path == format!("/v1/resources/telephonyCall/{id}"))
+            .map(|r| r.body["fields"].clone())
+            .collect()
+    };
+    let mut morph_ids = Vec::new();
+    for call in [&consultation, &customer] {
+        let (record, _) = store.load(call).await.unwrap().unwrap();
+        morph_ids.push(record.remote.call_id.expect("created in Morph"));
+    }
+    let [consultation_id, customer_id] = [&morph_ids[0], &morph_ids[1]];
+    // Expected from the payloads: the consultation (Piet -> Anna) was answered at 15:00:41.880
+    // and the transfer came at 15:01:05.336, so it ends completed after 23 seconds.
+    let closed = bodies_of(&consultation_id).last().cloned().unwrap();
+    assert_eq!(
+        closed,
+        json!({
+            "direction": "outbound",
+            "status": "completed",
+            "startedAt": "2023-09-01T15:00:37.215Z",
+            "endedAt": "2023-09-01T15:01:05.336Z",
+            "answeredAt": "2023-09-01T15:00:41.880Z",
+            "duration": 23,
+            "users": [
+                {"object": "resourceRef", "model": "genericUser", "id": "usr_piet"},
+                {"object": "resourceRef", "model": "genericUser", "id": "usr_anna"}
+            ],
+            "internalNumber": "201"
+        })
+    );
+    let last = bodies_of(&customer_id).last().cloned().unwrap();
+    assert_eq!(last["status"], "completed");
+    assert_eq!(last["startedAt"], "2023-09-01T15:00:12.774Z");
+    assert_eq!(last["endedAt"], "2023-09-01T15:04:20.948Z");
+    assert_eq!(last["externalNumber"], "+31612345678");
+    // One create per call, nothing deleted (the API has no DELETE).
+    assert_eq!(morph.created("telephonyCall").len(), 2);
+    assert!(requests.iter().all(|r| r.method != Method::DELETE));
+}

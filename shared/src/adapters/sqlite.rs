@@ -1006,6 +1006,7 @@ mod tests {
             event: crate::domain::resource::MorphEventType::Created,
             idempotency_key: format!("{}-r1", record.resource_id),
             body: serde_json::json!({}),
+            closed: None,
             received_at: None,
         });
         store.save(&record, None).await.unwrap();

@@ -119,6 +119,7 @@ mod tests {
             event: MorphEventType::Updated,
             idempotency_key: "res-r3".into(),
             body: json!({ "type": "telephonyCall::updated" }),
+            closed: None,
             received_at: None,
         };
 

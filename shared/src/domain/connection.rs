@@ -48,6 +48,27 @@ pub struct Connection {
     /// extension becomes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Activation>,
+    /// Which legs of a Telsmart queue (or group) call the CRM shows.
+    #[serde(default, skip_serializing_if = "QueueCalls::is_default")]
+    pub queue_calls: QueueCalls,
+}
+
+/// Telsmart rings every member of a queue on a leg of its own: which of those legs the CRM
+/// shows (`docs/providers/telsmart.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueCalls {
+    /// The legs a member answered: one call per customer call taken, with its agent.
+    #[default]
+    Answered,
+    /// Every member's leg, a missed call for each member who did not answer.
+    EveryMember,
+}
+
+impl QueueCalls {
+    pub fn is_default(&self) -> bool {
+        *self == QueueCalls::default()
+    }
 }
 
 /// How a connection's calls reach Morph.
@@ -180,6 +201,7 @@ impl std::fmt::Debug for Connection {
             .field("api_credentials", &self.api_credentials)
             .field("contacts", &self.contacts)
             .field("activation", &self.activation)
+            .field("queue_calls", &self.queue_calls)
             .finish()
     }
 }
@@ -242,6 +264,7 @@ mod tests {
             api_credentials: None,
             contacts: Contacts::default(),
             activation: None,
+            queue_calls: QueueCalls::default(),
         }
     }
 

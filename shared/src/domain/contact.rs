@@ -24,28 +24,38 @@ impl std::str::FromStr for Country {
     }
 }
 
-/// The number in E.164 (`+3228992675`), or `None` when it is not a valid phone number of
-/// anywhere (an extension, a SIP user, `anonymous`). `default_country` reads numbers without
-/// a country code; without one only international numbers (`+32...`, `0032...` does not
-/// qualify) are understood, plus a bare number that starts with a valid country code.
+/// Fewest digits of a number written internationally without its `+` (TeleCMI, TelTel): fewer
+/// could be an extension or a short national number.
+const MIN_INTERNATIONAL_DIGITS: usize = 10;
+/// E.164's longest number.
+const MAX_E164_DIGITS: usize = 15;
+
+/// The number in E.164 (`+3228992675`), or `None` when it is not a phone number of anywhere
+/// (an extension, a SIP user, `anonymous`). `default_country` reads numbers without a country
+/// code; without one only international numbers (`+32...`, `0032...` does not qualify) are
+/// understood, plus a bare number that starts with a country code.
 pub fn to_e164(number: &str, default_country: Option<Country>) -> Option<String> {
     let number = number.trim();
+    if let Some(valid) = parse(number, default_country).filter(phonenumber::is_valid) {
+        return Some(valid.format().mode(Mode::E164).to_string());
+    }
     // `phonenumber` takes a number that starts with a country code but no `+` for a national
-    // one; a provider that drops the `+` (Telsmart's `3228992675` as a JSON number) means it.
-    let parsed = parse(number, default_country).or_else(|| {
-        number
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| parse(&format!("+{number}"), None))
-            .flatten()
-    })?;
-    Some(parsed.format().mode(Mode::E164).to_string())
+    // one; a provider that drops the `+` (TeleCMI's and TelTel's documented format, Telsmart's
+    // `3228992675` as a JSON number) means it. Such a number keeps its digits even when the
+    // range is not in use (Ofcom's drama numbers `447700900...`): it is the provider's.
+    let digits = number.bytes().all(|b| b.is_ascii_digit())
+        && !number.starts_with('0')
+        && (MIN_INTERNATIONAL_DIGITS..=MAX_E164_DIGITS).contains(&number.len());
+    if !digits {
+        return None;
+    }
+    let international = format!("+{number}");
+    parse(&international, None)?;
+    Some(international)
 }
 
 fn parse(number: &str, country: Option<Country>) -> Option<PhoneNumber> {
-    phonenumber::parse(country.map(|c| c.0), number)
-        .ok()
-        .filter(phonenumber::is_valid)
+    phonenumber::parse(country.map(|c| c.0), number).ok()
 }
 
 #[cfg(test)]
@@ -87,6 +97,26 @@ mod tests {
         assert_eq!(to_e164("+3228992675", None).as_deref(), Some("+3228992675"));
         assert_eq!(to_e164("3228992675", None).as_deref(), Some("+3228992675"));
         assert_eq!(to_e164("02 899 26 75", None), None);
+    }
+
+    #[test]
+    fn international_digits_without_a_plus_get_one() {
+        // TeleCMI's international platform and TelTel write the country code without `+`.
+        for (written, e164) in [
+            ("442000000001", "+442000000001"),
+            ("447700900456", "+447700900456"),
+            ("37129876543", "+37129876543"),
+        ] {
+            assert_eq!(to_e164(written, None).as_deref(), Some(e164), "{written}");
+            assert_eq!(to_e164(written, be()).as_deref(), Some(e164), "{written}");
+        }
+        // A national number of the connection's country is read as one first.
+        assert_eq!(
+            to_e164("0612345678", Some("NL".parse().unwrap())).as_deref(),
+            Some("+31612345678")
+        );
+        // Too short for a number with its country code: an extension or a short code.
+        assert_eq!(to_e164("447700", None), None);
     }
 
     #[test]

@@ -134,10 +134,18 @@ pub struct CallEvent {
     /// The other party's number, as this event tells it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_number: Option<String>,
-    /// Keys of the connection's user directory for the people taking part (extensions, SIP
-    /// users, TeleCMI user prefixes, e-mail addresses). Unknown keys are harmless.
+    /// Keys of the connection's user directory for the people this event shows taking part:
+    /// who answered, joined, placed the call or was transferred in (extensions, SIP users,
+    /// TeleCMI user prefixes, e-mail addresses). Unknown keys are harmless.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<String>,
+    /// Directory keys of the people whose phone this event shows ringing, who may never take
+    /// part: they count only for a call nobody answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rang: Vec<String>,
+    /// The leg rang a member of a queue or group (Telsmart), not a call of their own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queue_member: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<Recording>,
 }
@@ -160,6 +168,8 @@ impl CallEvent {
             internal_number: None,
             external_number: None,
             participants: Vec::new(),
+            rang: Vec::new(),
+            queue_member: false,
             recording: None,
         }
     }

@@ -2,10 +2,12 @@
 //! be delivered (the outbox). Every store (SQLite locally, DynamoDB on AWS) keeps this one
 //! shape, so the rules live here and not in the adapters.
 
-use super::connection::Connection;
-use super::event::{CallEvent, Provider};
-use super::fold::fold;
-use super::resource::{MorphEventType, TelephonyCall, envelope, resource_id, to_resource};
+use super::connection::{Connection, QueueCalls};
+use super::event::{CallEvent, EventKind, Provider};
+use super::fold::{View, fold, view};
+use super::resource::{
+    MorphEventType, TelephonyCall, TelephonyCallFields, envelope, resource_id, to_resource,
+};
 use super::rest::RemoteCall;
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,10 @@ pub struct Delivery {
     pub event: MorphEventType,
     pub idempotency_key: String,
     pub body: Value,
+    /// On a `deleted` that a transfer caused: the call's own fields, ended at the transfer,
+    /// which Morph's REST API (it has no delete) is given to close the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<TelephonyCallFields>,
     /// When the webhook that made this revision was received (for the delivery latency); set
     /// by the worker, which knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,12 +99,14 @@ pub struct CallRecord {
     pub resource_id: String,
     /// Every distinct event seen for the call, in arrival order; the fold orders them itself.
     pub events: Vec<CallEvent>,
-    /// Events of calls merged into this one (Voys transfers): they bring their participants.
+    /// Events of the calls a transfer linked to this one (Voys `merged_id`, either way round):
+    /// the fold decides from both which call the CRM shows.
     #[serde(default)]
     pub merged_in: Vec<CallEvent>,
-    /// Set when this call was merged into another (Voys `merged_id`): it is discarded.
+    /// Set when a transfer of the call named here named this one as its `merged_id`.
     #[serde(default)]
     pub merged_into: Option<String>,
+
     /// The last revision emitted (0: none yet).
     pub revision: u64,
     /// The resource as of the last revision emitted.
@@ -200,13 +208,50 @@ impl CallRecord {
     }
 
     /// Folds the events and, when the resource changed, emits the next revision into the
-    /// outbox. A merged or deleted call emits nothing more. Returns whether it emitted.
+    /// outbox. A call a transfer shows as part of another is closed: if the CRM was ever told
+    /// of it, it gets `telephonyCall::deleted`. A deleted call emits nothing more. Returns
+    /// whether it emitted.
     pub fn refresh(&mut self, connection: &Connection) -> bool {
-        if self.merged_into.is_some() || self.deleted {
+        if self.deleted {
             return false;
         }
-        let Some(state) = fold(&self.events, &self.merged_in) else {
-            return false;
+        let is_external = |number: &str| connection.user_id(number).is_none();
+        let state = match view(
+            &self.key.call_key,
+            &self.events,
+            &self.merged_in,
+            is_external,
+        ) {
+            View::Hidden => return false,
+            // A queue member who never answered did not have a call of their own: unless the
+            // connection wants every member's leg, it is not shown.
+            View::Shown(state)
+                if state.queue_member
+                    && !state.is_answered()
+                    && self.resource.is_none()
+                    && connection.queue_calls == QueueCalls::Answered =>
+            {
+                return false;
+            }
+            View::Shown(state) => state,
+            View::MergedAway { at } => {
+                // Never shown: it may still turn out to be the customer's call when more of
+                // it arrives, so it stays open.
+                if self.resource.is_none() {
+                    return false;
+                }
+                let closed = fold(&self.events).map(|mut own| {
+                    own.ended_at = Some(own.ended_at.map_or(at, |end| end.min(at)));
+                    to_resource(&own, connection, &self.contact_lookups).fields
+                });
+                self.deleted = true;
+                let last = self.resource.clone().expect("shown");
+                self.emit(MorphEventType::Deleted, last);
+                if let Some(delivery) = self.outbox.last_mut() {
+                    delivery.closed = closed;
+                }
+                return true;
+            }
         };
         let call = to_resource(&state, connection, &self.contact_lookups);
         if self
@@ -225,16 +270,28 @@ impl CallRecord {
         true
     }
 
-    /// Discards this call in favour of `survivor`; if the CRM was ever told of it, it is told
-    /// the call is deleted. Returns whether the record changed (it must be saved even when the
-    /// CRM never heard of the call, or the call's later events would show it).
-    pub fn merge_into(&mut self, survivor: &CallKey) -> bool {
+    /// Links this call to `kept`, the call a provider's transfer kept (Voys `merged_id` named
+    /// this one). Which of the two the CRM shows is then the fold's choice ([`view`]).
+    /// Returns whether the record changed.
+    pub fn merge_into(&mut self, kept: &CallKey) -> bool {
         if self.merged_into.is_some() {
             return false;
         }
-        self.merged_into = Some(survivor.call_key.clone());
-        self.delete();
+        self.merged_into = Some(kept.call_key.clone());
         true
+    }
+
+    /// The calls a transfer linked to this one: the call that kept it, and those it kept.
+    pub fn linked_calls(&self) -> Vec<String> {
+        let mut linked: Vec<String> = self.merged_into.iter().cloned().collect();
+        for event in &self.events {
+            if let EventKind::Merged { merged_call_key } = &event.kind {
+                if !linked.contains(merged_call_key) {
+                    linked.push(merged_call_key.clone());
+                }
+            }
+        }
+        linked
     }
 
     /// Ends the call's life: nothing more is emitted for it, and if the CRM was ever told of
@@ -300,6 +357,7 @@ impl CallRecord {
             event,
             idempotency_key: format!("{}-r{}", self.resource_id, self.revision),
             body: envelope(event, &self.resource_id, &call),
+            closed: None,
             received_at: None,
         });
         self.resource = Some(call);
@@ -319,4 +377,87 @@ fn add_unique(events: &mut Vec<CallEvent>, event: &CallEvent) -> bool {
     }
     events.push(event.clone());
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::providers;
+    use crate::domain::resource::CallStatus;
+    use serde_json::json;
+
+    fn connection(queue_calls: &str) -> Connection {
+        let config = Config::parse(&format!(
+            r#"
+            [[connections]]
+            id = "acme"
+            provider = "telsmart"
+            token = "acme-token-0123456789"
+            connector_id = "conn"
+            owner_id = "owner"
+            users = {{ "200" = "usr_john", "210" = "usr_jane" }}
+            {queue_calls}
+            "#
+        ));
+        config.unwrap().connections().unwrap().remove(0)
+    }
+
+    /// A queue member's leg of Telsmart's: `callee_number` is the queue's.
+    fn leg(state: &str, timestamp: &str) -> CallEvent {
+        let payload = json!({
+            "tenant_id": "t", "caller_number": "+3228992675", "direction": "in",
+            "state": state, "callee_number": "500", "user_extension": "200",
+            "id": "leg-john", "timestamp": timestamp,
+        });
+        providers::parse(Provider::Telsmart, &payload)
+            .unwrap()
+            .event
+    }
+
+    fn events_of(record: &CallRecord) -> Vec<MorphEventType> {
+        record.outbox.iter().map(|d| d.event).collect()
+    }
+
+    fn run(connection: &Connection, states: &[(&str, &str)]) -> CallRecord {
+        let mut record = CallRecord::new(CallKey::new("acme", Provider::Telsmart, "leg-john"));
+        for (state, timestamp) in states {
+            record.add_event(&leg(state, timestamp));
+            record.refresh(connection);
+        }
+        record
+    }
+
+    #[test]
+    fn a_queue_member_who_never_answered_is_not_shown_by_default() {
+        let rang = [
+            ("RINGING", "1765290000000000"),
+            ("HANGUP", "1765290008520000"),
+        ];
+        assert!(events_of(&run(&connection(""), &rang)).is_empty());
+        let every = connection(r#"queue_calls = "every_member""#);
+        assert_eq!(
+            events_of(&run(&every, &rang)),
+            [MorphEventType::Created, MorphEventType::Updated]
+        );
+        let last = run(&every, &rang).resource.unwrap();
+        assert_eq!(last.fields.status, CallStatus::Missed);
+    }
+
+    #[test]
+    fn a_queue_member_who_answered_has_the_call_from_the_answer() {
+        let answered = [
+            ("RINGING", "1765290000000000"),
+            ("ACTIVE", "1765290008500000"),
+            ("HANGUP", "1765290060750000"),
+        ];
+        let record = run(&connection(""), &answered);
+        assert_eq!(
+            events_of(&record),
+            [MorphEventType::Created, MorphEventType::Updated]
+        );
+        let fields = &record.resource.unwrap().fields;
+        assert_eq!(fields.started_at, "2025-12-09T14:20:00.000Z");
+        assert_eq!(fields.duration, Some(52));
+    }
 }

@@ -124,20 +124,33 @@ pub fn to_resource(
             users.push(ResourceRef::user(id));
         }
     };
-    for key in &state.participants {
+    for key in state.users() {
         if let Some(id) = connection.user_id(key) {
             add_user(id);
         }
     }
     // When the other party is one of our users, this is an internal call: no external number.
-    let mut external_number = state.external_number.clone();
-    if let Some(id) = external_number
+    let mut external_number = state.external_number.as_deref().map(|number| {
+        connection
+            .contacts
+            .e164(number)
+            .unwrap_or_else(|| number.to_string())
+    });
+    if let Some(id) = state
+        .external_number
         .as_deref()
         .and_then(|n| connection.user_id(n))
     {
         add_user(id);
         external_number = None;
     }
+    // Our side is an extension as often as a number: only a full number is rewritten.
+    let internal_number = state.internal_number.as_deref().map(|number| {
+        connection
+            .contacts
+            .e164(number)
+            .unwrap_or_else(|| number.to_string())
+    });
 
     // The other party's contact: the static directory first, it was set by hand.
     let contacts = external_number
@@ -172,7 +185,7 @@ pub fn to_resource(
             users,
             contacts,
             external_number,
-            internal_number: state.internal_number.clone(),
+            internal_number,
         },
         raw_resource: state
             .summary
@@ -252,7 +265,7 @@ mod tests {
         event.internal_number = Some("200".into());
         event.participants = vec!["200".into()];
         event.external_number = Some(external_number.into());
-        fold(&[event], &[]).unwrap()
+        fold(&[event]).unwrap()
     }
 
     fn contact_ids(call: &TelephonyCall) -> Vec<String> {

@@ -152,11 +152,15 @@ impl RestRequest {
 }
 
 /// The models a revision writes, in order: the call, then its transcript when the revision
-/// carries a summary the transcript does not hold yet. A `deleted` revision writes nothing:
-/// the REST API has no delete, and the call stays in Morph as last written.
+/// carries a summary the transcript does not hold yet. The REST API has no delete: a call a
+/// transfer closed is patched as ended at the transfer (if Morph holds it), and any other
+/// `deleted` revision (an erasure) writes nothing.
 pub fn steps(delivery: &Delivery, remote: &RemoteCall) -> Vec<RestModel> {
     if delivery.event == MorphEventType::Deleted {
-        return Vec::new();
+        return match (&delivery.closed, &remote.call_id) {
+            (Some(_), Some(_)) => vec![RestModel::TelephonyCall],
+            _ => Vec::new(),
+        };
     }
     let mut steps = vec![RestModel::TelephonyCall];
     if summary(delivery).is_some_and(|s| remote.transcript_digest != Some(digest(s))) {
@@ -169,7 +173,10 @@ pub fn steps(delivery: &Delivery, remote: &RemoteCall) -> Vec<RestModel> {
 /// after. The transcript's needs the call's id, so it comes after the call's step.
 pub fn request(model: RestModel, delivery: &Delivery, remote: &RemoteCall) -> RestRequest {
     let body = match model {
-        RestModel::TelephonyCall => json!({ "fields": delivery.body["data"]["fields"] }),
+        RestModel::TelephonyCall => match &delivery.closed {
+            Some(closed) => json!({ "fields": closed }),
+            None => json!({ "fields": delivery.body["data"]["fields"] }),
+        },
         RestModel::TelephonyCallTranscript => transcript(
             remote.call_id.as_deref().unwrap_or_default(),
             summary(delivery).unwrap_or(&Value::Null),
@@ -245,6 +252,7 @@ mod tests {
                 "event": event.as_str(),
                 "data": { "fields": { "status": "completed" }, "rawResource": raw },
             }),
+            closed: None,
             received_at: None,
         }
     }

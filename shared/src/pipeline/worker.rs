@@ -1,14 +1,15 @@
 //! The worker step: a queued event joins its call's record, the record emits a new revision if
-//! the resource changed, and Voys merges move one call into another. Every write is a
+//! the resource changed, and a transfer (Voys `merged_id`) links two calls. Every write is a
 //! conditional save over the version read, retried on conflict, so two workers racing on one
 //! call lose no update; every step is idempotent, so a message processed twice changes nothing.
 
 use super::contacts::look_up;
 use crate::domain::connection::Connection;
-use crate::domain::event::EventKind;
+use crate::domain::event::{CallEvent, EventKind};
 use crate::domain::record::{CallKey, CallRecord, MAX_EVENTS_PER_CALL, RecordError};
 use crate::domain::time::Timestamp;
 use crate::ports::{CallStore, ContactLookup, QueuedWebhook, StoreError};
+use crate::telemetry::mask_number;
 
 /// How many times a save is retried when another worker changed the call meanwhile.
 const MAX_CONFLICTS: usize = 16;
@@ -75,19 +76,31 @@ pub async fn apply(
         return Ok(applied);
     }
 
-    // The event joins its own call; a call merged away passes it on to the survivor.
+    // The event joins its own call; the calls a transfer linked to it see it too.
     let contact = look_up(contacts, connection, event).await;
     let mut new_event = false;
     let mut left_out = false;
-    let mut survivor = None;
+    let mut unreadable_number = None;
+    let mut own_events = Vec::new();
+    let mut linked = Vec::new();
     update(store, &key, &mut applied, received_at, |record| {
+        let number_seen = record
+            .events
+            .iter()
+            .any(|e| e.external_number == event.external_number);
         new_event = record.add_event(event);
         left_out = !new_event && record.is_full() && record.events.iter().all(|e| e.id != event.id);
-        survivor.clone_from(&record.merged_into);
+        unreadable_number = event
+            .external_number
+            .as_deref()
+            .filter(|n| new_event && !number_seen && is_unreadable(connection, n));
+        own_events.clone_from(&record.events);
+        linked = record.linked_calls();
         let looked_up = contact.as_ref().is_some_and(|(e164, contact_id)| {
             record.add_contact_lookup(e164, contact_id.as_deref())
         });
-        new_event | looked_up | record.refresh(connection)
+        // A linked call is refreshed once it has the other call's events, below.
+        new_event | looked_up | (linked.is_empty() && record.refresh(connection))
     })
     .await?;
     if left_out {
@@ -99,27 +112,46 @@ pub async fn apply(
         );
     }
     applied.new_event = new_event;
-    if let Some(survivor) = survivor {
-        let survivor = CallKey::new(&key.connection_id, key.provider, &survivor);
-        update(store, &survivor, &mut applied, received_at, |record| {
-            record.add_merged_in(event) | record.refresh(connection)
+    if let Some(number) = unreadable_number {
+        let shown = if connection.log_numbers {
+            number.to_string()
+        } else {
+            mask_number(number)
+        };
+        tracing::warn!(
+            connection = connection.id,
+            provider = %key.provider,
+            number = shown,
+            "the other party's number is not a phone number callbridge can read; it is passed on as sent"
+        );
+    }
+
+    // A transfer links two calls: each takes in the other's events, and the fold of each
+    // decides which one the CRM shows. Linking first (from then on the other call's events
+    // come here too), then taking in what the other call had, makes every step idempotent,
+    // so a crash between them is mended by the queue's redelivery.
+    let mut theirs = Vec::new();
+    for other in &linked {
+        let other_key = CallKey::new(&key.connection_id, key.provider, other);
+        update(store, &other_key, &mut applied, received_at, |record| {
+            let linked_now = match &event.kind {
+                EventKind::Merged { merged_call_key } if merged_call_key == other => {
+                    record.merge_into(&key)
+                }
+                _ => false,
+            };
+            let added = own_events
+                .iter()
+                .fold(false, |changed, e| record.add_merged_in(e) | changed);
+            theirs.retain(|e: &CallEvent| e.call_key != *other);
+            theirs.extend(record.events.iter().cloned());
+            linked_now | added | record.refresh(connection)
         })
         .await?;
     }
-
-    if let EventKind::Merged { merged_call_key } = &event.kind {
-        // First discard the merged call (from then on its late events come here), then take
-        // in what it had. Both steps are idempotent, so a crash between them is mended by the
-        // queue's redelivery.
-        let merged = CallKey::new(&key.connection_id, key.provider, merged_call_key);
-        let mut merged_events = Vec::new();
-        update(store, &merged, &mut applied, received_at, |record| {
-            merged_events = record.events.clone();
-            record.merge_into(&key)
-        })
-        .await?;
+    if !linked.is_empty() {
         update(store, &key, &mut applied, received_at, |record| {
-            merged_events
+            theirs
                 .iter()
                 .fold(false, |changed, e| record.add_merged_in(e) | changed)
                 | record.refresh(connection)
@@ -127,6 +159,12 @@ pub async fn apply(
         .await?;
     }
     Ok(applied)
+}
+
+/// A number of the other party that is neither one of our users nor a phone number of
+/// anywhere (in the connection's country): it reaches the CRM as the provider wrote it.
+fn is_unreadable(connection: &Connection, number: &str) -> bool {
+    connection.user_id(number).is_none() && connection.contacts.e164(number).is_none()
 }
 
 /// Loads (or creates) a record, lets `change` modify it, and saves it if it says it changed,

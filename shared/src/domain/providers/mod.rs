@@ -2,6 +2,7 @@
 //! query parameters arrive as an object of strings) into one [`CallEvent`], or a precise error.
 
 mod fields;
+mod recording;
 pub mod telecmi;
 pub mod telsmart;
 pub mod teltel;

@@ -1,7 +1,7 @@
 //! TeleCMI live events (`type` = `event`) and call detail records (`type` = `cdr`), sent as a
 //! JSON body or as query parameters (every value a string): see `docs/providers/telecmi.md`.
 
-use super::{Fields, ParseError, Webhook};
+use super::{Fields, ParseError, Webhook, recording};
 use crate::domain::event::{CallEvent, Direction, Ending, EventKind, Provider, Recording};
 use crate::domain::time::Timestamp;
 
@@ -29,7 +29,7 @@ pub fn parse(payload: &Fields<'_>) -> Result<Webhook, ParseError> {
     // (the caller may still wait for the next agent), so it only tells who of ours took part
     // and when they answered.
     let leg_b = payload.one_of("leg", &["a", "b"])? == Some("b");
-    let voicename = payload.text("voicename")?;
+    let voicename = recording::file_name("voicename", payload.text("voicename")?)?;
 
     let (kind, at) = if is_cdr {
         match status.as_str() {
@@ -92,11 +92,20 @@ pub fn parse(payload: &Fields<'_>) -> Result<Webhook, ParseError> {
         Some(Direction::Outbound) => payload.text("to")?,
         None => None,
     };
-    call.participants.extend(extension);
+    // Our user took part when they placed the call or the leg was answered; a leg that only
+    // rang them counts for a call nobody answered.
+    let took_part = direction == Some(Direction::Outbound)
+        || status == "answered"
+        || talk_seconds.is_some_and(|s| s > 0);
+    if took_part {
+        call.participants.extend(extension);
+    } else {
+        call.rang.extend(extension);
+    }
     // A voicemail is the message of a missed call; `filename` is the talk's recording.
     call.recording = match voicename {
         Some(voicemail) => Some(Recording::File(voicemail)),
-        None => payload.text("filename")?.map(Recording::File),
+        None => recording::file_name("filename", payload.text("filename")?)?.map(Recording::File),
     };
     let account = match payload.text("app_id")? {
         Some(app) => Some(app),
@@ -181,6 +190,36 @@ mod tests {
         assert_eq!(event.internal_number.as_deref(), Some("202"));
         assert_eq!(event.external_number.as_deref(), Some("442000000001"));
         assert_eq!(event.participants, vec!["202".to_string()]);
+    }
+
+    #[test]
+    fn an_agent_rung_on_an_inbound_leg_takes_part_once_answered() {
+        let mut payload = outgoing_answered();
+        payload["direction"] = json!("inbound");
+        payload["status"] = json!("started");
+        let ringing = parse_json(payload.clone()).unwrap().event;
+        assert!(ringing.participants.is_empty());
+        assert_eq!(ringing.rang, vec!["202".to_string()]);
+        payload["status"] = json!("answered");
+        let answered = parse_json(payload).unwrap().event;
+        assert_eq!(answered.participants, vec!["202".to_string()]);
+    }
+
+    #[test]
+    fn a_recording_file_name_must_be_plain() {
+        for (field, hostile) in [
+            ("filename", "../../other-tenant/secret.mp3?x=1#frag"),
+            ("voicename", "@evil.example/x.mp3"),
+        ] {
+            let mut payload = outgoing_answered();
+            payload["type"] = json!("cdr");
+            payload[field] = json!(hostile);
+            assert_eq!(
+                parse_json(payload).unwrap_err().field.as_deref(),
+                Some(field),
+                "{hostile}"
+            );
+        }
     }
 
     #[test]

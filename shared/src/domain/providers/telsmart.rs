@@ -62,8 +62,22 @@ pub fn parse(payload: &Fields<'_>) -> Result<Webhook, ParseError> {
             Direction::Outbound => "callee_number",
         })?,
     };
-    event.internal_number = payload.text("user_extension")?;
-    event.participants = event.internal_number.iter().cloned().collect();
+    let extension = payload.text("user_extension")?;
+    // The leg is its user's: they took part once they answered (or placed the call); until
+    // then it only rang them.
+    let took_part = direction == Direction::Outbound
+        || matches!(event.kind, EventKind::Answered | EventKind::Held);
+    if took_part {
+        event.participants.extend(extension.clone());
+    } else {
+        event.rang.extend(extension.clone());
+    }
+    // A leg that rang a member for a number that is not their own extension is the member's
+    // share of a queue or group call (constructed: Telsmart documents queue members ringing,
+    // not their payloads).
+    let callee = payload.text("callee_number")?;
+    event.queue_member = direction == Direction::Inbound && callee.is_some() && callee != extension;
+    event.internal_number = extension;
 
     Ok(Webhook {
         event,
@@ -122,7 +136,35 @@ mod tests {
         assert_eq!(event.direction, Some(Direction::Inbound));
         assert_eq!(event.external_number.as_deref(), Some("+3228992675"));
         assert_eq!(event.internal_number.as_deref(), Some("200"));
-        assert_eq!(event.participants, vec!["200".to_string()]);
+        // Ringing is not taking part: John counts only if nobody answers.
+        assert!(event.participants.is_empty());
+        assert_eq!(event.rang, vec!["200".to_string()]);
+        assert!(!event.queue_member);
+    }
+
+    #[test]
+    fn the_leg_s_user_takes_part_once_answered_or_when_calling() {
+        let active = parse_value(&with(json!({"state": "ACTIVE"})))
+            .unwrap()
+            .event;
+        assert_eq!(active.participants, vec!["200".to_string()]);
+        assert!(active.rang.is_empty());
+        let calling = parse_value(&with(
+            json!({"direction": "out", "callee_number": "+3228992675"}),
+        ))
+        .unwrap()
+        .event;
+        assert_eq!(calling.participants, vec!["200".to_string()]);
+    }
+
+    #[test]
+    fn a_leg_that_rang_a_member_for_another_number_is_a_queue_member_s() {
+        let queue = parse_value(&with(json!({"callee_number": "500"})))
+            .unwrap()
+            .event;
+        assert!(queue.queue_member);
+        let outgoing = with(json!({"direction": "out", "callee_number": "+3228992675"}));
+        assert!(!parse_value(&outgoing).unwrap().event.queue_member);
     }
 
     #[test]
@@ -172,7 +214,7 @@ mod tests {
         let event = parse_value(&payload).unwrap().event;
         assert_eq!(event.at.as_micros(), 1_765_209_366_386_177);
         assert_eq!(event.external_number.as_deref(), Some("3228992675"));
-        assert_eq!(event.participants, vec!["200".to_string()]);
+        assert_eq!(event.rang, vec!["200".to_string()]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `docs/providers/teltel.md`: what we rely on is checked strictly, the rest is read where it
 //! can be and ignored where it cannot.
 
-use super::{Fields, ParseError, Webhook};
+use super::{Fields, ParseError, Webhook, recording};
 use crate::domain::event::{CallEvent, Direction, Ending, EventKind, Provider, Recording};
 
 const EVENTS: &[&str] = &[
@@ -94,17 +94,40 @@ pub fn parse(payload: &Fields<'_>) -> Result<Webhook, ParseError> {
         number_of(Side::Ours, ours_first)
     };
     call.external_number = number_of(Side::Theirs, theirs_first);
-    // Everyone the call rang counts: a missed call shows for all the users it rang.
-    for user in [payload.text("subject_user")?, payload.text("hanged_user")?]
-        .into_iter()
-        .chain([&source, &destination].map(|p| p.as_ref().and_then(|p| p.user.clone())))
-        .flatten()
-    {
-        if !call.participants.contains(&user) {
-            call.participants.push(user);
+    // Who took part: the user an event's subject joined or left as, who hung up, whoever
+    // placed an outbound call, and the destination that answered or is talking. A device
+    // that only rang (or got ready without joining) counts for a call nobody answered.
+    let talking = matches!(name.as_str(), "JOIN" | "LEAVE")
+        || call.kind == EventKind::Answered
+        || (name == "COMPLETED" && payload.flag("is_answered")? == Some(true));
+    let subject_user = payload.text("subject_user")?;
+    let mut took_part = vec![payload.text("hanged_user")?];
+    let mut rang = Vec::new();
+    if matches!(name.as_str(), "JOIN" | "LEAVE") {
+        took_part.push(subject_user);
+    } else {
+        rang.push(subject_user);
+    }
+    let source_user = source.as_ref().and_then(|p| p.user.clone());
+    if direction == Some(Direction::Outbound) {
+        took_part.push(source_user);
+    } else {
+        rang.push(source_user);
+    }
+    let destination_user = destination.as_ref().and_then(|p| p.user.clone());
+    if talking {
+        took_part.push(destination_user);
+    } else {
+        rang.push(destination_user);
+    }
+    for (keys, users) in [(&mut call.participants, took_part), (&mut call.rang, rang)] {
+        for user in users.into_iter().flatten() {
+            if !keys.contains(&user) {
+                keys.push(user);
+            }
         }
     }
-    call.recording = payload.text("audio_url")?.map(Recording::Url);
+    call.recording = recording::url("audio_url", payload.text("audio_url")?)?.map(Recording::Url);
     Ok(Webhook {
         event: call,
         account: payload.text("accountcode")?,
@@ -257,6 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn the_destination_takes_part_when_it_answers() {
+        let payload = |state: &str| {
+            json!({
+                "event": "RINGRESULT", "timestamp": 1_764_583_200_123_i64, "call_id": "c-2",
+                "direction": "inbound", "phase": "didtosip", "state": state,
+                "participants": {"source": "37129876543", "destination": {"number": "7002", "user": "102"}}
+            })
+        };
+        let answer = parse_json(payload("ANSWER")).unwrap().event;
+        assert_eq!(answer.participants, vec!["102".to_string()]);
+        assert!(answer.rang.is_empty());
+        let lost = parse_json(payload("NOANSWER")).unwrap().event;
+        assert!(lost.participants.is_empty());
+        assert_eq!(lost.rang, vec!["102".to_string()]);
+    }
+
+    #[test]
+    fn an_audio_url_that_is_not_an_https_link_is_refused_or_left_out() {
+        let mut payload = outgoing("COMPLETED");
+        payload["audio_url"] = json!("javascript:alert(document.cookie)");
+        assert_eq!(
+            parse_json(payload.clone()).unwrap_err().field.as_deref(),
+            Some("audio_url")
+        );
+        payload["audio_url"] = json!("http://files.teltel.example/a.mp3");
+        assert_eq!(parse_json(payload).unwrap().event.recording, None);
+    }
+
+    #[test]
     fn completed_tells_the_ending_and_the_recording() {
         let mut payload = outgoing("COMPLETED");
         payload["is_answered"] = json!("1");
@@ -302,7 +354,9 @@ mod tests {
         let event = parse_json(payload).unwrap().event;
         assert_eq!(event.internal_number.as_deref(), Some("7001"));
         assert_eq!(event.external_number.as_deref(), Some("37129876543"));
-        assert_eq!(event.participants, vec!["101".to_string()]);
+        // Alice's phone rings: she takes part only if she answers.
+        assert!(event.participants.is_empty());
+        assert_eq!(event.rang, vec!["101".to_string()]);
     }
 
     #[test]

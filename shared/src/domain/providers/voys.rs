@@ -66,17 +66,34 @@ pub fn parse(payload: &Fields<'_>) -> Result<Webhook, ParseError> {
         Direction::Outbound => (number_of(&caller)?, number_of(&destination)?),
     };
 
-    let mut parties: Vec<Fields<'_>> = caller.into_iter().collect();
+    // The caller (our user on an outbound call; nobody of ours on an inbound one) and the
+    // redirector of a transfer took part. The targets of an answer took it, and those of a
+    // transfer were transferred in; the targets of a ringing were only rung.
+    let targets_took_part = matches!(event.kind, EventKind::Answered | EventKind::Merged { .. })
+        || status.ends_with("transfer");
+    let mut targets = Vec::new();
     if let Some(destination) = &destination {
-        parties.extend(destination.objects("targets")?);
+        targets.extend(destination.objects("targets")?);
     }
-    parties.extend(payload.objects("targets")?);
-    parties.extend(payload.object("redirector")?);
-    for party in &parties {
-        for field in DIRECTORY_KEYS {
-            for key in party.texts(field)? {
-                if !event.participants.contains(&key) {
-                    event.participants.push(key);
+    targets.extend(payload.objects("targets")?);
+    let mut took_part: Vec<Fields<'_>> = caller.into_iter().collect();
+    took_part.extend(payload.object("redirector")?);
+    let rang = if targets_took_part {
+        took_part.extend(targets);
+        Vec::new()
+    } else {
+        targets
+    };
+    for (keys, parties) in [
+        (&mut event.participants, took_part),
+        (&mut event.rang, rang),
+    ] {
+        for party in &parties {
+            for field in DIRECTORY_KEYS {
+                for key in party.texts(field)? {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
                 }
             }
         }
@@ -157,7 +174,14 @@ mod tests {
         assert_eq!(event.direction, Some(Direction::Inbound));
         assert_eq!(event.external_number.as_deref(), Some("+31612345678"));
         assert_eq!(event.internal_number.as_deref(), Some("+31508009000"));
-        assert_eq!(event.participants, keys(&["201", "piet@example.com"]));
+        // Piet's phone rings: he takes part only if he answers.
+        assert!(event.participants.is_empty());
+        assert_eq!(event.rang, keys(&["201", "piet@example.com"]));
+        let answered = parse_value(&with(json!({"status": "in-progress"})))
+            .unwrap()
+            .event;
+        assert_eq!(answered.participants, keys(&["201", "piet@example.com"]));
+        assert!(answered.rang.is_empty());
     }
 
     #[test]
@@ -198,7 +222,7 @@ mod tests {
                 merged_call_key: "ua9-grq-prd-1693575690.22973170".into()
             }
         );
-        assert_eq!(event.participants, keys(&["203", "piet@example.com"]));
+        assert_eq!(event.participants, keys(&["piet@example.com", "203"]));
     }
 
     #[test]
@@ -250,7 +274,7 @@ mod tests {
         }));
         let event = event(&payload);
         assert_eq!(event.external_number.as_deref(), Some("31612345678"));
-        assert_eq!(event.participants, keys(&["201"]));
+        assert_eq!(event.rang, keys(&["201"]));
     }
 
     #[test]
