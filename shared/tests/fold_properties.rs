@@ -1,5 +1,12 @@
 //! Property tests of the call fold: any permutation and duplication of a call's events gives
-//! one state, and one final resource, whatever order the record received them in.
+//! one state, and one final resource, whatever order the record received them in; and the same
+//! for several calls at once, with merges (Voys transfers), erasures and many events at the
+//! same instant (where the fold's tie-break decides), through the worker.
+//!
+//! A failing case is printed shrunk, and proptest keeps its seed in
+//! `fold_properties.proptest-regressions` (committed), so every later run tries it first.
+
+mod common;
 
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::Connection;
@@ -10,8 +17,11 @@ use callbridge_shared::domain::fold::fold;
 use callbridge_shared::domain::record::{CallKey, CallRecord};
 use callbridge_shared::domain::resource::MorphEventType;
 use callbridge_shared::domain::time::Timestamp;
+use callbridge_shared::ports::QueuedWebhook;
+use common::Delivered;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 fn kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
@@ -105,6 +115,10 @@ fn scrambled() -> impl Strategy<Value = (Vec<CallEvent>, Vec<CallEvent>)> {
 }
 
 fn connection() -> Connection {
+    connection_named("demo-telsmart")
+}
+
+fn connection_named(id: &str) -> Connection {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../infra/callbridge.example.toml"
@@ -114,7 +128,7 @@ fn connection() -> Connection {
         .connections()
         .unwrap()
         .into_iter()
-        .find(|c| c.id == "demo-telsmart")
+        .find(|c| c.id == id)
         .unwrap()
 }
 
@@ -176,6 +190,199 @@ proptest! {
                 }
             }
             prop_assert!(fields.as_object().unwrap().values().all(|v| !v.is_null()));
+        }
+    }
+}
+
+/// The calls of a generated world: call 0 may absorb the others by transfers.
+const CALLS: [&str; 3] = ["call-0", "call-1", "call-2"];
+
+/// An instant: mostly one of a few whole seconds, so that events of a call often share one
+/// (and the fold's tie-break on the event id decides), sometimes anywhere in ten minutes.
+fn instant() -> impl Strategy<Value = Timestamp> {
+    prop_oneof![
+        3 => (0i64..6).prop_map(|s| s * 1_000_000),
+        1 => 0i64..600_000_000,
+    ]
+    .prop_map(|offset| Timestamp::from_micros(1_765_000_000_000_000 + offset).unwrap())
+}
+
+/// One provider event of one of the calls (no merge, no erasure: those come below).
+fn call_event() -> impl Strategy<Value = CallEvent> {
+    (
+        0..CALLS.len(),
+        instant(),
+        prop_oneof![
+            Just(EventKind::Ringing),
+            Just(EventKind::Answered),
+            Just(EventKind::Progress),
+            proptest::option::of(any::<bool>()).prop_map(|answered| EventKind::Ended(Ending {
+                answered,
+                ..Ending::default()
+            })),
+        ],
+        proptest::option::of(prop_oneof![
+            Just(Direction::Inbound),
+            Just(Direction::Outbound)
+        ]),
+        proptest::option::of(prop_oneof![
+            Just("+31612345678".to_string()),
+            Just("202".to_string())
+        ]),
+        proptest::collection::vec(
+            prop_oneof![
+                Just("201".to_string()),
+                Just("anna@example.com".to_string()),
+                Just("203".to_string()),
+                Just("999".to_string())
+            ],
+            0..3,
+        ),
+    )
+        .prop_map(|(call, at, kind, direction, external, participants)| {
+            let mut event = CallEvent::new(Provider::Voys, CALLS[call], at, kind);
+            event.direction = direction;
+            event.external_number = external;
+            event.participants = participants;
+            with_content_id(event)
+        })
+}
+
+/// The id stands for the provider payload: derived from the content, so equal events have
+/// equal ids as real payloads do.
+fn with_content_id(mut event: CallEvent) -> CallEvent {
+    event.id = format!("{:x}", md5ish(&serde_json::to_string(&event).unwrap()));
+    event
+}
+
+/// Several calls' events: call 0 absorbs calls 1 and 2 by transfers, or not; a call no
+/// transfer touches may be erased. Returns the events once each, and as sent: shuffled, some
+/// repeated.
+fn world() -> impl Strategy<Value = (Vec<CallEvent>, Vec<CallEvent>)> {
+    (
+        proptest::collection::vec(call_event(), 1..14),
+        proptest::collection::vec((any::<bool>(), instant()), 2),
+        proptest::option::of((0..CALLS.len(), instant())),
+    )
+        .prop_map(|(mut events, merges, erasure)| {
+            let mut merged = Vec::new();
+            for (call, (merges, at)) in CALLS[1..].iter().zip(merges) {
+                if merges {
+                    merged.push(*call);
+                    let kind = EventKind::Merged {
+                        merged_call_key: call.to_string(),
+                    };
+                    let transfer = CallEvent::new(Provider::Voys, CALLS[0], at, kind);
+                    events.push(with_content_id(transfer));
+                }
+            }
+            // Erasing a call a transfer joins to another is left out: whether the survivor
+            // keeps the erased call's participants depends on which came first.
+            if let Some((call, at)) = erasure
+                && !(merged.contains(&CALLS[call]) || (call == 0 && !merged.is_empty()))
+            {
+                let mut erase = CallEvent::new(Provider::Voys, CALLS[call], at, EventKind::Erased);
+                erase.id = format!("erase-{}", CALLS[call]);
+                events.push(erase);
+            }
+            events
+        })
+        .prop_flat_map(|events| {
+            let n = events.len();
+            (Just(events), proptest::collection::vec(0..n, 0..n * 2)).prop_flat_map(
+                |(events, extra)| {
+                    let mut sent = events.clone();
+                    sent.extend(extra.iter().map(|&i| events[i].clone()));
+                    (Just(events), Just(sent).prop_shuffle())
+                },
+            )
+        })
+}
+
+fn voys_connection() -> Connection {
+    connection_named("demo-voys")
+}
+
+/// What the CRM shows of each call in the end: its last fields and `rawResource`, or
+/// `None` when it was deleted or never shown.
+type Shown = BTreeMap<String, Option<(Value, Value)>>;
+
+/// Runs the events through the worker in the order given, with an always-up CRM; the Morph
+/// events each resource got.
+fn deliver(events: &[CallEvent]) -> Delivered {
+    let connection = voys_connection();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = callbridge_shared::adapters::memory::MemoryStore::default();
+        let mut delivered = Delivered::new();
+        for event in events {
+            let queued = QueuedWebhook {
+                connection_id: connection.id.clone(),
+                received_at: Timestamp::from_micros(1_800_000_000_000_000).unwrap(),
+                event: event.clone(),
+                raw: Value::Null,
+            };
+            common::apply_and_deliver(&store, &connection, &queued, &mut delivered).await;
+        }
+        delivered
+    })
+}
+
+fn shown(delivered: &Delivered) -> Shown {
+    CALLS
+        .iter()
+        .map(|call| {
+            let id = CallKey::new("demo-voys", Provider::Voys, call).resource_id();
+            let last = delivered.get(&id).and_then(|events| events.last());
+            let view = last
+                .filter(|e| e["event"] != "telephonyCall::deleted")
+                .map(|e| {
+                    (
+                        e["data"]["fields"].clone(),
+                        e["data"]["rawResource"].clone(),
+                    )
+                });
+            (call.to_string(), view)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Several calls, transfers and erasures, sent shuffled and repeated: the CRM ends with
+    /// what it shows when each event comes once in generated order; per call one `created`,
+    /// first, nothing after a `deleted`, no `updated` that changes nothing; a call merged away
+    /// or erased is not shown.
+    #[test]
+    fn several_calls_with_transfers_and_erasures_end_the_same((events, sent) in world()) {
+        let once = deliver(&events);
+        let scrambled = deliver(&sent);
+        prop_assert_eq!(shown(&once), shown(&scrambled));
+        for call in CALLS {
+            let gone = events.iter().any(|e| match &e.kind {
+                EventKind::Merged { merged_call_key } => merged_call_key == call,
+                EventKind::Erased => e.call_key == call,
+                _ => false,
+            });
+            if gone {
+                prop_assert_eq!(&shown(&scrambled)[call], &None, "{} is gone", call);
+            }
+        }
+        for bodies in scrambled.values() {
+            let names: Vec<&str> = bodies.iter().map(|b| b["event"].as_str().unwrap()).collect();
+            prop_assert_eq!(names[0], "telephonyCall::created", "{:?}", names);
+            prop_assert_eq!(names.iter().filter(|n| **n == "telephonyCall::created").count(), 1);
+            if let Some(deleted) = names.iter().position(|n| *n == "telephonyCall::deleted") {
+                prop_assert_eq!(deleted, names.len() - 1, "{:?}", names);
+            }
+            // A deletion repeats the resource it deletes; any other revision changes it.
+            for pair in bodies.windows(2).filter(|p| p[1]["event"] != "telephonyCall::deleted") {
+                let content = |b: &Value| (b["data"]["fields"].clone(), b["data"]["rawResource"].clone());
+                prop_assert_ne!(content(&pair[0]), content(&pair[1]));
+            }
         }
     }
 }

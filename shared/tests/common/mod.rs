@@ -60,3 +60,33 @@ pub fn scenario_files() -> Vec<ScenarioFile> {
     }
     all
 }
+
+/// The Morph event bodies delivered per resource id, in order.
+pub type Delivered = std::collections::BTreeMap<String, Vec<Value>>;
+
+/// Applies one queued event with the worker and delivers what it emitted to an always-up CRM,
+/// recording the bodies in `delivered`.
+pub async fn apply_and_deliver(
+    store: &callbridge_shared::adapters::memory::MemoryStore,
+    connection: &callbridge_shared::domain::connection::Connection,
+    queued: &callbridge_shared::ports::QueuedWebhook,
+    delivered: &mut Delivered,
+) {
+    use callbridge_shared::ports::CallStore;
+    let lookup = callbridge_shared::adapters::contact_http::HttpContactLookup::default();
+    let applied = callbridge_shared::pipeline::worker::apply(store, connection, &lookup, queued)
+        .await
+        .unwrap();
+    for key in applied.to_deliver {
+        let (mut record, version) = store.load(&key).await.unwrap().unwrap();
+        for d in &record.outbox {
+            delivered
+                .entry(d.resource_id.clone())
+                .or_default()
+                .push(d.body.clone());
+        }
+        let last = record.revision;
+        record.mark_delivered(last);
+        store.save(&record, Some(version)).await.unwrap();
+    }
+}
