@@ -4,6 +4,7 @@
 //! call lose no update; every step is idempotent, so a message processed twice changes nothing.
 
 use super::contacts::look_up;
+use super::crash::{CrashPoint, crash_point};
 use crate::domain::connection::Connection;
 use crate::domain::event::EventKind;
 use crate::domain::record::{CallKey, CallRecord};
@@ -43,6 +44,9 @@ pub async fn apply(
             erased
         })
         .await?;
+        if erased {
+            crash_point(CrashPoint::ErasureHalfDone);
+        }
         applied.new_event = erased;
         return Ok(applied);
     }
@@ -80,6 +84,7 @@ pub async fn apply(
             record.merge_into(&key)
         })
         .await?;
+        crash_point(CrashPoint::MergeHalfWritten);
         update(store, &key, &mut applied, received_at, |record| {
             merged_events
                 .iter()
