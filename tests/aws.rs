@@ -6,6 +6,9 @@
 
 mod aws_support;
 #[allow(dead_code)]
+#[path = "support/faults.rs"]
+mod faults;
+#[allow(dead_code)]
 #[path = "support/scenario.rs"]
 mod scenario;
 
@@ -22,6 +25,7 @@ use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::{CallKey, Delivery};
 use callbridge_shared::local::now;
 use callbridge_shared::ports::{CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError};
+use faults::{assert_applied_once, assert_repeats_only_in, is_repeat};
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies, shuffled_with_repeats};
 use serde_json::Value;
 use std::sync::Arc;
@@ -87,6 +91,7 @@ async fn every_scenario_in_file_order_ends_with_the_expected_resources() {
         "{}",
         summary(&events)
     );
+    assert_applied_once(&events);
     // Nothing waits: every call's outbox was delivered.
     let calls = bridge.calls();
     for s in &scenarios {
@@ -132,6 +137,28 @@ async fn repeated_reordered_and_redelivered_webhooks_change_nothing() {
             bridge.post_scenario(s, rest.iter().copied()).await;
             no_failures(&bridge.source.drain(&worker).await);
         }
+        // Every webhook again, as providers retry after SQS's deduplication window: each
+        // reaches the worker and changes nothing.
+        let recorded = recorder.events().len();
+        let mut repeats = 0;
+        for s in &scenarios {
+            for i in 0..s.webhooks.len() {
+                bridge.repeat_after_the_dedup_window(s, i).await;
+                repeats += 1;
+            }
+        }
+        let before = worker.usage();
+        let batches = bridge.source.drain(&worker).await;
+        no_failures(&batches);
+        let received: usize = batches.iter().map(|b| b.received.len()).sum();
+        assert_eq!(received, repeats, "every repeat reaches the worker");
+        let used = worker.usage().since(before);
+        assert_eq!(used.call_writes, 0, "a repeat wrote: {used:?}");
+        assert_eq!(
+            recorder.events().len(),
+            recorded,
+            "a repeat reached the CRM"
+        );
 
         let events = recorder.events();
         for s in &scenarios {
@@ -147,7 +174,7 @@ async fn repeated_reordered_and_redelivered_webhooks_change_nothing() {
             .filter(|s| s.expected.calls.len() > 1)
             .flat_map(Scenario::resource_ids)
             .collect();
-        let resent: Vec<&RecordedEvent> = events.iter().filter(|e| !e.applied()).collect();
+        let resent: Vec<&RecordedEvent> = events.iter().filter(|e| is_repeat(e)).collect();
         assert!(
             resent.iter().all(|e| e
                 .resource_id()
@@ -155,6 +182,7 @@ async fn repeated_reordered_and_redelivered_webhooks_change_nothing() {
             "{}",
             summary(&events)
         );
+        assert_applied_once(&events);
     }
 }
 
@@ -324,8 +352,13 @@ async fn a_crash_around_the_crm_push_resends_the_same_revision_under_the_same_ke
             );
             assert_eq!(tried.body, waiting.body, "{point:?}: the body changed");
         }
-        // The CRM applied the revision once.
-        assert_eq!(tries.iter().filter(|e| e.applied()).count(), 1);
+        // The CRM applied the revision once; the one repeat is the try whose answer the
+        // crash lost.
+        assert_applied_once(&events);
+        let repeats = assert_repeats_only_in(&events, "the crash", |taken| {
+            taken.seq as usize <= recorded_before + pushed
+        });
+        assert_eq!(repeats, pushed, "{point:?}:\n{}", summary(&events));
         let (record, _) = calls.load(&key).await.unwrap().unwrap();
         assert!(record.outbox.is_empty(), "{point:?}: {:?}", record.outbox);
     }
@@ -476,17 +509,17 @@ async fn reads_and_writes_per_event_are_counted() {
 
     // A repeat, after SQS's deduplication window: one read, nothing written or sent.
     let recorded = recorder.events().len();
-    bridge.post_scenario(&s, [0]).await;
+    bridge.repeat_after_the_dedup_window(&s, 0).await;
     let before = worker.usage();
     let batch = bridge.source.poll(&worker).await;
     let repeat = worker.usage().since(before);
-    if !batch.received.is_empty() {
-        assert_eq!(
-            (repeat.call_reads, repeat.call_writes),
-            (1, 0),
-            "{repeat:?}"
-        );
-    }
+    assert_eq!(batch.received.len(), 1, "the repeat reaches the worker");
+    no_failures(&[batch]);
+    assert_eq!(
+        (repeat.call_reads, repeat.call_writes),
+        (1, 0),
+        "{repeat:?}"
+    );
     assert_eq!(recorder.events().len(), recorded);
 
     // A call's webhooks in one batch: its record is read once.

@@ -255,7 +255,8 @@ async fn answers_after_the_timeout_are_sent_again_under_the_same_key_and_body() 
     recorder.set_behaviour(Behaviour::default());
     rounds_until_empty(&bridge.source, &worker, 3).await;
     let events = recorder.events();
-    let (applied, repeats) = assert_delivered_with_repeats(&scenarios, &events);
+    let (applied, repeats) =
+        assert_delivered_with_repeats(&scenarios, &events, settings.crm_timeout.as_millis() as u64);
     eprintln!(
         "AWS timeouts: {} CRM requests, {applied} applied, {repeats} repeats under a taken key \
          (same body)",

@@ -14,9 +14,9 @@ use callbridge_shared::domain::time::Timestamp;
 use std::collections::HashSet;
 use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT};
 use support::faults::{
-    assert_all_delivered, assert_delivered_with_repeats, delivered_resources, events_of,
-    fail_resources, refusals, scenarios_with_later_events, transient_failures, tried,
-    tries_per_key,
+    assert_all_delivered, assert_applied_once, assert_delivered_with_repeats,
+    assert_repeats_only_after_late_answers, delivered_resources, events_of, fail_resources,
+    refusals, scenarios_with_later_events, transient_failures, tried, tries_per_key,
 };
 use support::scenario::{Scenario, on_copies};
 
@@ -141,7 +141,7 @@ async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
     let events = bridge
         .settled_scenarios(&recorder, &scenarios, Scenario::delivered_in_order)
         .await;
-    let (applied, repeats) = assert_delivered_with_repeats(&scenarios, &events);
+    let (applied, repeats) = assert_delivered_with_repeats(&scenarios, &events, crm.timeout_ms);
     eprintln!(
         "timeouts: {} requests, {applied} applied, {repeats} repeats under a taken key (same body)",
         events.len(),
@@ -260,5 +260,46 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
         parked.iter().filter(|p| !p["crm_status"].is_null()).count(),
         parked.iter().filter(|p| p["crm_status"].is_null()).count(),
         events.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_to_a_taken_key_counts_as_delivered() {
+    let s = on_copies(&scenarios_with_later_events()[..1], "conflict").remove(0);
+    // The first answer comes after the bridge gave up; the CRM had taken the key, and answers
+    // its retry 409, as a CRM that refuses repeated keys does.
+    let refusing_repeats = Behaviour {
+        script: [Answer::late(200, 1_500)].into(),
+        conflict_on_taken_key: true,
+        ..Behaviour::default()
+    };
+    let recorder = Recorder::start("127.0.0.1:0", refusing_repeats)
+        .await
+        .expect("the CRM recorder starts");
+    let crm = CrmSettings {
+        timeout_ms: 300,
+        ..CrmSettings::default()
+    };
+    let (_setup, bridge) = Bridge::serving(&recorder, crm, std::slice::from_ref(&s)).await;
+    let events = bridge
+        .settled_scenarios(
+            &recorder,
+            std::slice::from_ref(&s),
+            Scenario::delivered_in_order,
+        )
+        .await;
+    assert_all_delivered(std::slice::from_ref(&s), &events);
+    let conflicts: Vec<&RecordedEvent> = events.iter().filter(|e| e.status == 409).collect();
+    assert_eq!(conflicts.len(), 1, "{}", summary(&events));
+    let key = conflicts[0].idempotency_key();
+    // The late try and the 409, nothing more: the 409 was not retried.
+    let tries = events.iter().filter(|e| e.idempotency_key() == key).count();
+    assert_eq!(tries, 2, "{}", summary(&events));
+    assert_repeats_only_after_late_answers(&events, crm.timeout_ms);
+    assert_applied_once(&events);
+    let output = bridge.output();
+    assert!(
+        output.contains("the CRM answered 409 to a key it already took"),
+        "the 409 is not logged; the server printed:\n{output}"
     );
 }

@@ -1,8 +1,12 @@
 //! A stand-in for Morph's event endpoint, for local runs, demos and tests: it records every
 //! event it receives with the headers Morph reads and the answer it gave, and it can be told to
 //! misbehave (be down, answer a scripted sequence, fail each idempotency key's first tries, choke
-//! on some calls only, drop the connection instead of answering, be slow), at start or at run
-//! time.
+//! on some calls only, drop the connection instead of answering, be slow, answer 409 to a key it
+//! already took, or honour no idempotency key at all), at start or at run time.
+//!
+//! Whatever the keys say, it counts how often each change (a resource id and the event's body)
+//! was applied, so a change sent twice under two keys, or a repeat a CRM without keys would
+//! apply again, shows as [`RecordedEvent::applied_before`].
 //!
 //! HTTP interface:
 //!
@@ -62,6 +66,13 @@ pub struct Args {
     /// Wait this long before every answer, e.g. to exceed the bridge's `crm.timeout_ms`.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay_ms: u64,
+    /// Answer 409 to an event whose idempotency key was already taken, as a CRM that refuses
+    /// a repeated key does.
+    #[arg(long)]
+    conflict_on_taken_key: bool,
+    /// Honour no idempotency key: every event answered 2xx is applied, repeats included.
+    #[arg(long, conflicts_with = "conflict_on_taken_key")]
+    ignore_keys: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -75,6 +86,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         fail_resources: args.fail_resource.into_iter().collect(),
         flaky: None,
         delay_ms: args.delay_ms,
+        conflict_on_taken_key: args.conflict_on_taken_key,
+        ignore_keys: args.ignore_keys,
     };
     let out = match &args.out {
         Some(path) => Some(
@@ -254,6 +267,11 @@ pub struct Behaviour {
     pub flaky: Option<Flaky>,
     /// Every answer waits this long (the event is recorded on arrival all the same).
     pub delay_ms: u64,
+    /// A request whose idempotency key was already taken gets 409 instead of a success.
+    pub conflict_on_taken_key: bool,
+    /// A CRM that honours no idempotency key: a repeat is applied like any event, never
+    /// flagged [`RecordedEvent::duplicate`].
+    pub ignore_keys: bool,
 }
 
 /// The Morph event headers, as received.
@@ -297,8 +315,16 @@ pub struct RecordedEvent {
     /// The status answered; [`Answer::RESET`] (0) when the connection was closed instead.
     pub status: u16,
     /// The idempotency key had already been taken (answered 2xx): a CRM that honours the key
-    /// ignores this one.
+    /// ignores this one. Never set when the recorder ignores keys.
     pub duplicate: bool,
+    /// How many times the CRM had already applied this same change (this resource, this body)
+    /// when it applied this event, whatever the keys: above 0 is a doubled effect.
+    #[serde(default)]
+    pub applied_before: u32,
+    /// How long the answer was held back (0: answered at once), so a repeat can be told from
+    /// a retry after an answer that came too late.
+    #[serde(default)]
+    pub answered_after_ms: u64,
 }
 
 impl RecordedEvent {
@@ -310,6 +336,11 @@ impl RecordedEvent {
     /// Taken and not a duplicate: what a CRM that honours idempotency keys has applied.
     pub fn applied(&self) -> bool {
         self.accepted() && !self.duplicate
+    }
+
+    /// Applied although the CRM had applied the same change before: the effect doubled.
+    pub fn doubled(&self) -> bool {
+        self.applied() && self.applied_before > 0
     }
 
     /// `telephonyCall::created`, ...
@@ -340,6 +371,12 @@ impl fmt::Display for RecordedEvent {
         if self.duplicate {
             f.write_str(" duplicate")?;
         }
+        if self.applied_before > 0 {
+            write!(f, " applied-before={}", self.applied_before)?;
+        }
+        if self.answered_after_ms > 0 {
+            write!(f, " late={}ms", self.answered_after_ms)?;
+        }
         Ok(())
     }
 }
@@ -356,6 +393,8 @@ struct Memory {
     events: Vec<RecordedEvent>,
     /// Idempotency keys answered 2xx.
     taken: HashSet<String>,
+    /// Times each change (resource id, body) was applied.
+    changes_applied: HashMap<(String, String), u32>,
     /// Requests seen per idempotency key, for `fail_first`.
     attempts: HashMap<String, u32>,
     /// Requests seen, for `flaky`.
@@ -366,6 +405,7 @@ impl Memory {
     fn forget(&mut self) {
         self.events.clear();
         self.taken.clear();
+        self.changes_applied.clear();
         self.attempts.clear();
         self.requests = 0;
     }
@@ -426,11 +466,29 @@ impl Shared {
             let mut memory = self.memory();
             let key = headers.idempotency_key.clone();
             let resource = json.as_ref().and_then(|j| j["data"]["id"].as_str());
-            let answer = memory.answer(key.as_deref(), resource, json.is_some());
-            let duplicate = key.as_ref().is_some_and(|k| memory.taken.contains(k));
-            if let Some(key) = key.filter(|_| (200..300).contains(&answer.status)) {
+            let mut answer = memory.answer(key.as_deref(), resource, json.is_some());
+            let duplicate = !memory.behaviour.ignore_keys
+                && key.as_ref().is_some_and(|k| memory.taken.contains(k));
+            let success = |answer: &Answer| (200..300).contains(&answer.status);
+            if duplicate && success(&answer) && memory.behaviour.conflict_on_taken_key {
+                answer.status = 409;
+            }
+            let applied = success(&answer) && !duplicate;
+            if let Some(key) = key.filter(|_| success(&answer)) {
                 memory.taken.insert(key);
             }
+            let applied_before = match (resource, &json) {
+                (Some(id), Some(json)) if applied => {
+                    let times = memory
+                        .changes_applied
+                        .entry((id.to_string(), json.to_string()))
+                        .or_default();
+                    *times += 1;
+                    *times - 1
+                }
+                _ => 0,
+            };
+            let answered_after_ms = answer.delay_ms.unwrap_or(memory.behaviour.delay_ms);
             let event = RecordedEvent {
                 seq: memory.events.len() as u64 + 1,
                 received_at: now(),
@@ -439,6 +497,8 @@ impl Shared {
                 body: json.unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into())),
                 status: answer.status,
                 duplicate,
+                applied_before,
+                answered_after_ms,
             };
             memory.events.push(event.clone());
             (answer, event)
@@ -617,11 +677,8 @@ async fn take_event(
         // `resume_unwind` skips the panic hook, so nothing is printed.
         std::panic::resume_unwind(Box::new("crm-recorder: reset, as it was told to"));
     }
-    let delay = answer
-        .delay_ms
-        .unwrap_or_else(|| shared.memory().behaviour.delay_ms);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    if event.answered_after_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(event.answered_after_ms)).await;
     }
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let body = if status.is_success() {
@@ -753,6 +810,8 @@ mod tests {
                 fail_resources: [("call_2".to_string(), Answer::status(404))].into(),
                 flaky: None,
                 delay_ms: 0,
+                conflict_on_taken_key: false,
+                ignore_keys: false,
             },
             ..Memory::default()
         };
@@ -796,6 +855,81 @@ mod tests {
         let flags: Vec<bool> = events.iter().map(|e| e.duplicate).collect();
         assert_eq!(flags, [false, true, false]);
         assert_eq!(events.iter().filter(|e| e.applied()).count(), 2);
+    }
+
+    async fn post_body(recorder: &Recorder, key: &str, body: &Value) -> u16 {
+        let sent = reqwest::Client::new()
+            .post(recorder.url())
+            .header("x-idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        sent.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_same_change_under_two_keys_is_applied_twice_and_flagged() {
+        let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
+            .await
+            .unwrap();
+        let change = event("r1");
+        post_body(&recorder, "call_1-r1", &change).await;
+        post_body(&recorder, "call_1-r1", &change).await;
+        post_body(&recorder, "call_1-r2", &change).await;
+        post_body(&recorder, "call_1-r3", &event("r3")).await;
+        let events = recorder.events();
+        let seen: Vec<(bool, bool, u32)> = events
+            .iter()
+            .map(|e| (e.applied(), e.doubled(), e.applied_before))
+            .collect();
+        // The repeat of a key is no effect; the same body under a new key is a second one.
+        assert_eq!(
+            seen,
+            [
+                (true, false, 0),
+                (false, false, 0),
+                (true, true, 1),
+                (true, false, 0)
+            ]
+        );
+        assert!(
+            events[2].to_string().ends_with("applied-before=1"),
+            "{}",
+            events[2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crm_ignoring_keys_applies_every_repeat() {
+        let behaviour = Behaviour {
+            ignore_keys: true,
+            ..Behaviour::default()
+        };
+        let recorder = Recorder::start("127.0.0.1:0", behaviour).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(post(&recorder, "call_1-r1").await.status(), 200);
+        }
+        let events = recorder.events();
+        assert!(events.iter().all(|e| e.applied() && !e.duplicate));
+        let before: Vec<u32> = events.iter().map(|e| e.applied_before).collect();
+        assert_eq!(before, [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_taken_key_gets_409_when_asked_and_is_not_applied_again() {
+        let behaviour = Behaviour {
+            conflict_on_taken_key: true,
+            ..Behaviour::default()
+        };
+        let recorder = Recorder::start("127.0.0.1:0", behaviour).await.unwrap();
+        assert_eq!(post(&recorder, "call_1-r1").await.status(), 200);
+        assert_eq!(post(&recorder, "call_1-r1").await.status(), 409);
+        assert_eq!(post(&recorder, "call_1-r2").await.status(), 200);
+        assert_eq!(statuses(&recorder), [200, 409, 200]);
+        let events = recorder.events();
+        assert!(events[1].duplicate && !events[1].applied());
+        assert!(events.iter().all(|e| !e.doubled()));
     }
 
     #[tokio::test]

@@ -155,7 +155,7 @@ fn refresh_emits_only_a_change_and_nothing_once_merged_or_deleted() {
 fn talk_time_alone_says_answered() {
     let connection = connection();
     let status = |events: &[CallEvent]| {
-        let state = fold(events, &[]).unwrap();
+        let state = fold(events).unwrap();
         let call = to_resource(&state, &connection, &Default::default());
         (
             state.is_answered(),

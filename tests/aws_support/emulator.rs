@@ -5,7 +5,7 @@
 use callbridge_shared::aws::aws_config::{self, BehaviorVersion, Region, SdkConfig};
 use callbridge_shared::aws::aws_sdk_dynamodb::config::Credentials;
 use callbridge_shared::domain::event::Provider;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,11 @@ pub fn emulator() -> &'static Emulator {
 }
 
 impl Emulator {
+    /// Where the emulator answers, for another process to use it.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     fn start() -> Self {
         let moto = find_moto_server();
         let python = python_beside(&moto);
@@ -93,21 +98,21 @@ fn python_beside(moto: &Path) -> PathBuf {
 }
 
 /// What `resources.py` created and read from the template.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Resources {
     pub region: String,
     pub queues: HashMap<String, QueueResource>,
     pub functions: HashMap<String, FunctionResource>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct QueueResource {
     pub url: String,
     pub arn: String,
     pub attributes: HashMap<String, String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct FunctionResource {
     /// Seconds.
     pub timeout: u64,
@@ -116,14 +121,14 @@ pub struct FunctionResource {
     pub queue_events: Vec<QueueEvent>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Route {
     pub method: String,
     /// `/webhooks/telsmart/{connection_id}`
     pub path: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct QueueEvent {
     /// The queue's logical id.
     pub queue: String,
@@ -206,13 +211,18 @@ pub async fn create_stack(name: &str, crm_url: &str) -> (Resources, SdkConfig) {
     );
     let resources: Resources =
         serde_json::from_slice(&output.stdout).expect("resources.py prints its resources as JSON");
-    let aws = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(resources.region.clone()))
-        .endpoint_url(&emulator.endpoint)
+    let aws = sdk_config(&emulator.endpoint, &resources.region).await;
+    (resources, aws)
+}
+
+/// An SDK configuration for the emulator at `endpoint`.
+pub async fn sdk_config(endpoint: &str, region: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
             "emulator", "emulator", None, None, "tests",
         ))
         .load()
-        .await;
-    (resources, aws)
+        .await
 }

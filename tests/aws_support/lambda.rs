@@ -298,7 +298,7 @@ impl EventSource {
 
     /// Runs the worker on `received`, as the mapping does, and deletes the messages it did not
     /// report.
-    async fn run(&self, worker: &Worker, received: Vec<Message>) -> Batch {
+    pub async fn run(&self, worker: &Worker, received: Vec<Message>) -> Batch {
         if received.is_empty() {
             return Batch::default();
         }
@@ -346,6 +346,12 @@ impl EventSource {
     /// Makes a received message visible again, as the end of its visibility timeout does.
     pub async fn release(&self, message: &Message) {
         self.set_visibility(message, 0).await;
+    }
+
+    /// [`EventSource::release`] of a message another process received, by its receipt handle.
+    pub async fn release_handle(&self, receipt_handle: &str) {
+        let message = Message::builder().receipt_handle(receipt_handle).build();
+        self.set_visibility(&message, 0).await;
     }
 
     /// Keeps a received message out of the queue for the queue's whole visibility timeout.

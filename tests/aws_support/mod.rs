@@ -16,14 +16,19 @@ use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
 use callbridge_shared::aws::calls::DynamoCalls;
 use callbridge_shared::aws::connections::DynamoConnections;
 use callbridge_shared::aws::ingest::{Ingest, IngestSettings};
+use callbridge_shared::aws::queue::message_group;
 use callbridge_shared::aws::worker::{Worker, WorkerSettings};
 use callbridge_shared::domain::event::Provider;
-use callbridge_shared::ports::Crm;
-use emulator::{Resources, Route};
+use callbridge_shared::domain::providers;
+use callbridge_shared::local::now;
+use callbridge_shared::ports::{Crm, QueuedWebhook};
+use emulator::Resources;
 use lambda::{EventSource, HttpAnswer, HttpRequest};
 use serde_json::Value;
 use std::process::Output;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub struct AwsBridge {
     pub resources: Resources,
@@ -31,7 +36,7 @@ pub struct AwsBridge {
     pub dynamodb: DynamoClient,
     pub source: EventSource,
     aws: SdkConfig,
-    ingests: Vec<(Provider, Vec<Route>, Ingest)>,
+    ingests: Vec<(Provider, Ingest)>,
 }
 
 impl AwsBridge {
@@ -40,27 +45,7 @@ impl AwsBridge {
     /// does, and the `copies` of them ((example connection, copy)).
     pub async fn start(name: &str, crm_url: &str, copies: &[(String, String)]) -> Self {
         let (resources, aws) = emulator::create_stack(name, crm_url).await;
-        let ingests = Provider::ALL
-            .into_iter()
-            .map(|provider| {
-                let function = resources.ingest_function(provider);
-                let settings = IngestSettings::from_vars(|name| function.var(name))
-                    .expect("the template gives the ingest its settings");
-                (
-                    provider,
-                    function.routes.clone(),
-                    Ingest::new(provider, &aws, &settings),
-                )
-            })
-            .collect();
-        let bridge = Self {
-            source: EventSource::new(&resources, SqsClient::new(&aws)),
-            sqs: SqsClient::new(&aws),
-            dynamodb: DynamoClient::new(&aws),
-            resources,
-            aws,
-            ingests,
-        };
+        let bridge = Self::on(resources, aws);
         let connections = bridge.connections();
         let example = emulator::repo_root().join("infra/callbridge.example.toml");
         callbridge::connections::import(&example, &connections)
@@ -74,6 +59,33 @@ impl AwsBridge {
             connections.put(&connection).await.expect("a copy imports");
         }
         bridge
+    }
+
+    /// The bridge of a stack another process made (`resources`), on the emulator at
+    /// `endpoint`: another container of the same functions.
+    pub async fn attach(resources: Resources, endpoint: &str) -> Self {
+        let aws = emulator::sdk_config(endpoint, &resources.region).await;
+        Self::on(resources, aws)
+    }
+
+    fn on(resources: Resources, aws: SdkConfig) -> Self {
+        let ingests = Provider::ALL
+            .into_iter()
+            .map(|provider| {
+                let function = resources.ingest_function(provider);
+                let settings = IngestSettings::from_vars(|name| function.var(name))
+                    .expect("the template gives the ingest its settings");
+                (provider, Ingest::new(provider, &aws, &settings))
+            })
+            .collect();
+        Self {
+            source: EventSource::new(&resources, SqsClient::new(&aws)),
+            sqs: SqsClient::new(&aws),
+            dynamodb: DynamoClient::new(&aws),
+            resources,
+            aws,
+            ingests,
+        }
     }
 
     pub fn worker_settings(&self) -> WorkerSettings {
@@ -124,20 +136,27 @@ impl AwsBridge {
         &self
             .ingests
             .iter()
-            .find(|(p, _, _)| *p == provider)
+            .find(|(p, _)| *p == provider)
             .expect("an ingest per provider")
-            .2
+            .1
     }
 
     /// Sends `request` through API Gateway to the provider's ingest function; the template
     /// must route its method.
     pub async fn send(&self, provider: Provider, request: &HttpRequest) -> HttpAnswer {
-        let (_, routes, ingest) = self
-            .ingests
-            .iter()
-            .find(|(p, _, _)| *p == provider)
-            .expect("an ingest per provider");
-        let route = routes
+        self.send_to(self.ingest(provider), provider, request).await
+    }
+
+    /// [`AwsBridge::send`] to `ingest`, a container of the provider's function.
+    pub async fn send_to(
+        &self,
+        ingest: &Ingest,
+        provider: Provider,
+        request: &HttpRequest,
+    ) -> HttpAnswer {
+        let function = self.resources.ingest_function(provider);
+        let route = function
+            .routes
             .iter()
             .find(|r| r.method == request.method && r.path.starts_with("/webhooks/"))
             .unwrap_or_else(|| {
@@ -149,15 +168,19 @@ impl AwsBridge {
         lambda::invoke_ingest(ingest, route, request).await
     }
 
-    /// POSTs a JSON webhook with a bearer token, as the providers do.
-    pub async fn post(
-        &self,
-        provider: Provider,
-        connection_id: &str,
-        token: &str,
-        webhook: &Value,
-    ) -> HttpAnswer {
-        let request = HttpRequest {
+    /// A new container of the provider's ingest function, keeping the connections it reads
+    /// for `connection_cache` (`CONNECTION_CACHE_SECS`; the template's default is a minute).
+    pub fn ingest_caching_for(&self, provider: Provider, connection_cache: Duration) -> Ingest {
+        let function = self.resources.ingest_function(provider);
+        let mut settings = IngestSettings::from_vars(|name| function.var(name))
+            .expect("the template gives the ingest its settings");
+        settings.connection_cache = connection_cache;
+        Ingest::new(provider, &self.aws, &settings)
+    }
+
+    /// A JSON webhook with a bearer token, as the providers send it.
+    pub fn webhook_request(connection_id: &str, token: &str, webhook: &Value) -> HttpRequest {
+        HttpRequest {
             method: "POST".into(),
             connection_id: connection_id.into(),
             headers: vec![
@@ -166,8 +189,45 @@ impl AwsBridge {
             ],
             body: webhook.to_string().into_bytes(),
             ..HttpRequest::default()
-        };
+        }
+    }
+
+    /// POSTs a JSON webhook with a bearer token, as the providers do.
+    pub async fn post(
+        &self,
+        provider: Provider,
+        connection_id: &str,
+        token: &str,
+        webhook: &Value,
+    ) -> HttpAnswer {
+        let request = Self::webhook_request(connection_id, token, webhook);
         self.send(provider, &request).await
+    }
+
+    /// Queues webhook `i` of `s` again as its ingest does, under a deduplication id SQS has not
+    /// seen: a provider's retry after SQS's five-minute deduplication window. (Only a new id
+    /// gets a repeat to the worker here: the emulator deduplicates across the whole queue, for
+    /// as long as it runs.)
+    pub async fn repeat_after_the_dedup_window(&self, s: &Scenario, i: usize) {
+        static REPEATS: AtomicU64 = AtomicU64::new(0);
+        let parsed = providers::parse(s.provider, &s.webhooks[i])
+            .unwrap_or_else(|e| panic!("{} webhook {i}: {e:?}", s.name));
+        let webhook = QueuedWebhook {
+            connection_id: s.connection.clone(),
+            received_at: now(),
+            event: parsed.event,
+            raw: s.webhooks[i].clone(),
+        };
+        let repeat = REPEATS.fetch_add(1, Ordering::Relaxed);
+        self.sqs
+            .send_message()
+            .queue_url(&self.resources.queue("WebhookQueue").url)
+            .message_group_id(message_group(&webhook.call()))
+            .message_deduplication_id(format!("{}-repeat-{repeat}", webhook.event.id))
+            .message_body(serde_json::to_string(&webhook).expect("JSON"))
+            .send()
+            .await
+            .expect("send to the emulated queue");
     }
 
     /// POSTs the webhooks of `s` at the indices `order`, each of which must be accepted.

@@ -191,7 +191,13 @@ impl Bridge {
     /// Starts `callbridge serve` on `setup` and waits until it listens; panics, with what it
     /// printed, when it does not.
     pub async fn start(setup: &Setup) -> Self {
+        Self::start_with_env(setup, &[]).await
+    }
+
+    /// [`Bridge::start`] with these environment variables (`CALLBRIDGE_CRASH_AT`, say).
+    pub async fn start_with_env(setup: &Setup, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(&setup.config)
@@ -251,9 +257,35 @@ impl Bridge {
         self.sender.clone()
     }
 
-    /// `kill -9`: no chance to flush or finish anything.
-    pub async fn kill(mut self) {
+    /// `kill -9`: no chance to flush or finish anything. Panics if the server was not running
+    /// and answering just before, so a kill never stands in for a server that had died.
+    pub async fn kill(mut self) -> String {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "the server had exited before the kill; it printed:\n{}",
+            self.output()
+        );
+        let health = self.health().await;
+        assert_eq!(health.status, 200, "the server was unwell before the kill");
         self.child.kill().await.expect("the server is killed");
+        self.output()
+    }
+
+    /// Waits for the server to end by itself (a crash point), at most `timeout`; returns how it
+    /// ended and what it printed.
+    pub async fn exited(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.expect("the server's exit status");
+                // The streams close with the process; give the readers a moment to finish.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (status, self.output())
+            }
+            Err(_) => panic!(
+                "the server was still running after {timeout:?}; it printed:\n{}",
+                self.output()
+            ),
+        }
     }
 }
 
@@ -468,6 +500,15 @@ impl Sender {
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Answer { status, body })
     }
+}
+
+/// The lines of a server's output that tell of a panic: none may appear, even in a run that
+/// was killed.
+pub fn panics(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|line| line.contains("panicked") || line.contains("RUST_BACKTRACE"))
+        .collect()
 }
 
 /// Copies a stream of the server into `output`, and each line to `lines` while anyone reads.

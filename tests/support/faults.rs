@@ -3,7 +3,7 @@
 
 use super::scenario::{self, Scenario, assert_no_stranger};
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, summary};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Every transient failure of a CRM, each retried under the same key and body: 5xx, 429
 /// without and with a `Retry-After` of `retry_after_secs`, a connection closed unanswered.
@@ -100,17 +100,66 @@ pub fn assert_all_delivered(scenarios: &[Scenario], events: &[RecordedEvent]) {
     assert_no_stranger(scenarios, events);
 }
 
-/// Each idempotency key applied once; returns how many were.
+/// No change applied twice, whatever its keys: the recorder counts each change (resource and
+/// body) it applied, so a revision sent again under a second key, or any repeat to a CRM that
+/// ignores keys, fails here. Returns how many changes were applied.
 pub fn assert_applied_once(events: &[RecordedEvent]) -> usize {
-    let mut applied = HashSet::new();
-    for e in events.iter().filter(|e| e.applied()) {
-        assert!(
-            applied.insert(e.idempotency_key()),
-            "{e} applied twice:\n{}",
+    if let Some(doubled) = events.iter().find(|e| e.doubled()) {
+        let keys: Vec<&str> = same_change(events, doubled)
+            .filter(|e| e.applied())
+            .filter_map(RecordedEvent::idempotency_key)
+            .collect();
+        panic!(
+            "{doubled} applied a change the CRM had applied before, under the keys {keys:?}:\n{}",
             summary(events)
         );
     }
-    applied.len()
+    events.iter().filter(|e| e.applied()).count()
+}
+
+/// The requests carrying the same change (resource and body) as `event`.
+fn same_change<'a>(
+    events: &'a [RecordedEvent],
+    event: &'a RecordedEvent,
+) -> impl Iterator<Item = &'a RecordedEvent> {
+    events
+        .iter()
+        .filter(move |e| e.resource_id() == event.resource_id() && e.body == event.body)
+}
+
+/// Whether `event` brought the CRM a change it had already taken: a repeat of a taken key, or
+/// for a CRM that ignores keys, a doubled effect.
+pub fn is_repeat(event: &RecordedEvent) -> bool {
+    event.duplicate || event.applied_before > 0
+}
+
+/// Every repeat of a change the CRM had taken is explained: an earlier request of the same
+/// change was taken and `window` says the bridge could not know (its answer came after the
+/// bridge's timeout, or a crash came before the bridge wrote it down). Returns the repeats.
+pub fn assert_repeats_only_in(
+    events: &[RecordedEvent],
+    what: &str,
+    window: impl Fn(&RecordedEvent) -> bool,
+) -> usize {
+    let repeats: Vec<&RecordedEvent> = events.iter().filter(|e| is_repeat(e)).collect();
+    for repeat in &repeats {
+        let explained = same_change(events, repeat)
+            .take_while(|e| e.seq < repeat.seq)
+            .any(|e| e.accepted() && window(e));
+        assert!(
+            explained,
+            "{repeat} repeats a change the CRM had taken, outside {what}:\n{}",
+            summary(events)
+        );
+    }
+    repeats.len()
+}
+
+/// Repeats allowed only after an answer that came later than the bridge's `timeout_ms`.
+pub fn assert_repeats_only_after_late_answers(events: &[RecordedEvent], timeout_ms: u64) -> usize {
+    assert_repeats_only_in(events, "an answer that came too late", |taken| {
+        taken.answered_after_ms > timeout_ms
+    })
 }
 
 /// After answers that came too late: every scenario delivered, and the CRM took the first try
@@ -119,9 +168,10 @@ pub fn assert_applied_once(events: &[RecordedEvent]) -> usize {
 pub fn assert_delivered_with_repeats(
     scenarios: &[Scenario],
     events: &[RecordedEvent],
+    timeout_ms: u64,
 ) -> (usize, usize) {
     assert_all_delivered(scenarios, events);
-    let repeats = events.iter().filter(|e| e.duplicate).count();
+    let repeats = assert_repeats_only_after_late_answers(events, timeout_ms);
     assert!(
         repeats > 0,
         "no repeat after a timeout:\n{}",

@@ -78,6 +78,17 @@ impl Crm for HttpCrm {
             });
         match request.json(&delivery.body).send().await {
             Ok(response) if response.status().is_success() => DeliveryOutcome::Delivered,
+            // A CRM that refuses a key it already took has the revision: sending it again
+            // would only be refused again, and the call's later revisions wait behind it.
+            Ok(response) if response.status() == StatusCode::CONFLICT => {
+                tracing::warn!(
+                    resource_id = %delivery.resource_id,
+                    revision = delivery.revision,
+                    idempotency_key = %delivery.idempotency_key,
+                    "the CRM answered 409 to a key it already took: counted as delivered"
+                );
+                DeliveryOutcome::Delivered
+            }
             Ok(response) => refusal(response).await,
             Err(e) => DeliveryOutcome::Retry {
                 reason: describe(&e),
@@ -278,7 +289,8 @@ pub fn morph_headers<'a>(
     ]
 }
 
-/// 4xx answers that no retry can fix; 408, 409, 425 and 429 are worth another try.
+/// 4xx answers that no retry can fix; 408, 409 (a REST write that met another), 425 and 429
+/// are worth another try. An event's 409 is no refusal: see [`HttpCrm::deliver`].
 fn is_permanent(status: StatusCode) -> bool {
     status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }

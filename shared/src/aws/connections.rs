@@ -22,8 +22,9 @@ const KEY: &str = "id";
 const CONNECTION: &str = "connection";
 const REST_CREDENTIALS: &str = "rest_credentials";
 
-/// How long a connection (or its absence) is taken from the cache.
-const CACHE_FOR: Duration = Duration::from_secs(60);
+/// How long a connection (or its absence) is taken from the cache, unless told otherwise: a
+/// rotated or retired token takes effect within this time.
+pub const CACHE_FOR: Duration = Duration::from_secs(60);
 /// Past this many entries the cache is cleared, so requests for made-up connection ids cannot
 /// grow it without bound.
 const MAX_CACHED: usize = 1024;
@@ -37,6 +38,7 @@ pub struct DynamoConnections {
     cache: Mutex<Cache>,
     /// Whether reads take the REST credentials too (the worker, the operator's commands).
     with_rest_credentials: bool,
+    cache_for: Duration,
 }
 
 /// By id: when it was read, and what (`None`: no such connection).
@@ -51,6 +53,7 @@ impl DynamoConnections {
             usage,
             cache: Mutex::default(),
             with_rest_credentials: true,
+            cache_for: CACHE_FOR,
         }
     }
 
@@ -64,6 +67,12 @@ impl DynamoConnections {
             with_rest_credentials: false,
             ..Self::new(client, table, usage)
         }
+    }
+
+    /// Takes a connection read from the table for `ttl` before reading it again.
+    pub fn caching_for(mut self, ttl: Duration) -> Self {
+        self.cache_for = ttl;
+        self
     }
 
     /// Creates or replaces a connection.
@@ -280,14 +289,14 @@ impl ConnectionDirectory for DynamoConnections {
             return Ok(None);
         }
         if let Some((at, cached)) = self.cache().get(id)
-            && at.elapsed() < CACHE_FOR
+            && at.elapsed() < self.cache_for
         {
             return Ok(cached.clone());
         }
         let connection = self.read(id).await?;
         let mut cache = self.cache();
         if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+            cache.retain(|_, (at, _)| at.elapsed() < self.cache_for);
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }

@@ -6,11 +6,11 @@
 //! the local server. Telsmart's function also takes Telsmart's onboarding requests, at
 //! `/telsmart/{connection_id}/activate` and `/deactivate` ([`crate::pipeline::activation`]).
 
-use super::connections::DynamoConnections;
+use super::connections::{CACHE_FOR, DynamoConnections};
 use super::queue::SqsQueue;
 use super::usage::{Usage, UsageCounts};
 use super::users::DynamoUsers;
-use super::{process_env, required};
+use super::{number_or, process_env, required};
 use crate::domain::event::Provider;
 use crate::local::now;
 use crate::pipeline::activation::{Action, ActivationRequest, activation};
@@ -22,7 +22,7 @@ use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where the ingest functions find things; the template sets these variables.
 #[derive(Clone, Debug)]
@@ -33,6 +33,9 @@ pub struct IngestSettings {
     pub queue_url: String,
     /// `USERS_TABLE` (Telsmart's function only): where its activation routes write.
     pub users_table: Option<String>,
+    /// `CONNECTION_CACHE_SECS` (default 60): how long a warm container keeps a connection it
+    /// read, so how long a retired token may still be taken.
+    pub connection_cache: Duration,
 }
 
 impl IngestSettings {
@@ -42,6 +45,11 @@ impl IngestSettings {
             connections_table: required(&vars, "CONNECTIONS_TABLE")?,
             queue_url: required(&vars, "QUEUE_URL")?,
             users_table: vars("USERS_TABLE").filter(|table| !table.is_empty()),
+            connection_cache: Duration::from_secs(number_or(
+                &vars,
+                "CONNECTION_CACHE_SECS",
+                CACHE_FOR.as_secs(),
+            )?),
         })
     }
 }
@@ -71,7 +79,8 @@ impl Ingest {
                 dynamodb,
                 &settings.connections_table,
                 usage.clone(),
-            ),
+            )
+            .caching_for(settings.connection_cache),
             queue: SqsQueue::new(
                 aws_sdk_sqs::Client::new(aws),
                 &settings.queue_url,

@@ -42,6 +42,10 @@ pub struct CallState {
 }
 
 impl CallState {
+    pub fn is_ended(&self) -> bool {
+        self.ended_at.is_some()
+    }
+
     pub fn is_answered(&self) -> bool {
         self.answered_at.is_some()
             || self.answered_by_provider == Some(true)

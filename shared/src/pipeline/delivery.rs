@@ -4,6 +4,7 @@
 //! [`RetryPolicy`]; the AWS worker has SQS redeliver the message after the same schedule's
 //! wait).
 
+use super::crash::{CrashPoint, crash_point};
 use super::rest::push_revision;
 use crate::domain::connection::{Connection, DeliveryMode};
 use crate::domain::record::{CallKey, Delivery};
@@ -42,7 +43,10 @@ pub async fn push_outbox(
         };
         telemetry.delivery_attempt(connection, call, delivery, &outcome, started.elapsed());
         match outcome {
-            DeliveryOutcome::Delivered => delivered_up_to = Some(delivery.revision),
+            DeliveryOutcome::Delivered => {
+                crash_point(CrashPoint::DeliveredNotMarked);
+                delivered_up_to = Some(delivery.revision);
+            }
             outcome => {
                 return Pushed {
                     delivered_up_to,

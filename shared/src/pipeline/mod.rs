@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod contacts;
+pub mod crash;
 pub mod delivery;
 pub mod ingest;
 pub mod rest;

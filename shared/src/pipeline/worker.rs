@@ -4,6 +4,7 @@
 //! call lose no update; every step is idempotent, so a message processed twice changes nothing.
 
 use super::contacts::look_up;
+use super::crash::{CrashPoint, crash_point};
 use crate::domain::connection::Connection;
 use crate::domain::event::{CallEvent, EventKind};
 use crate::domain::record::{CallKey, CallRecord, MAX_EVENTS_PER_CALL, RecordError};
@@ -62,6 +63,9 @@ pub async fn apply(
             erased = tombstone.erase(received_at);
             store.save(&tombstone, Some(version)).await?;
             applied.writes += 1;
+        }
+        if erased {
+            crash_point(CrashPoint::ErasureHalfDone);
         }
         merged_away.sort();
         merged_away.dedup();
@@ -150,6 +154,7 @@ pub async fn apply(
         .await?;
     }
     if !linked.is_empty() {
+        crash_point(CrashPoint::MergeHalfWritten);
         update(store, &key, &mut applied, received_at, |record| {
             theirs
                 .iter()
