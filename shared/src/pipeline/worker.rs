@@ -39,20 +39,36 @@ pub async fn apply(
     let mut applied = Applied::default();
     let received_at = webhook.received_at;
     if event.kind == EventKind::Erased {
-        let mut erased = false;
-        // Calls merged into this one (Voys transfers) keep their own events: erased with it.
-        let mut merged_away = Vec::new();
-        let erasure = update(store, &key, &mut applied, received_at, |record| {
-            merged_away = record
-                .merged_in
-                .iter()
-                .map(|e| e.call_key.clone())
-                .filter(|merged| *merged != key.call_key)
-                .collect();
-            erased = record.erase(received_at);
-            erased
+        // The calls a transfer linked to this one hold its events too: they are erased first,
+        // so that a crash before the call itself is erased finds them again on redelivery.
+        let mut linked = Vec::new();
+        let read = update(store, &key, &mut applied, received_at, |record| {
+            linked = record.linked_calls();
+            linked.extend(record.merged_in.iter().map(|e| e.call_key.clone()));
+            false
         })
         .await;
+        linked.retain(|other| *other != key.call_key);
+        linked.sort();
+        linked.dedup();
+        for other in linked {
+            let other = CallKey::new(&key.connection_id, key.provider, &other);
+            update(store, &other, &mut applied, received_at, |record| {
+                record.erase(received_at)
+            })
+            .await?;
+        }
+        let mut erased = false;
+        let erasure = match read {
+            Ok(()) => {
+                update(store, &key, &mut applied, received_at, |record| {
+                    erased = record.erase(received_at);
+                    erased
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = erasure {
             let Some(&RecordError::Unreadable { version, .. }) = RecordError::of(&e) else {
                 return Err(e);
@@ -66,15 +82,6 @@ pub async fn apply(
         }
         if erased {
             crash_point(CrashPoint::ErasureHalfDone);
-        }
-        merged_away.sort();
-        merged_away.dedup();
-        for merged in merged_away {
-            let merged = CallKey::new(&key.connection_id, key.provider, &merged);
-            update(store, &merged, &mut applied, received_at, |record| {
-                record.erase(received_at)
-            })
-            .await?;
         }
         applied.new_event = erased;
         return Ok(applied);
