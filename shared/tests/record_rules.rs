@@ -8,7 +8,7 @@ use callbridge_shared::domain::connection::Connection;
 use callbridge_shared::domain::event::{CallEvent, Ending, EventKind, Provider};
 use callbridge_shared::domain::fold::fold;
 use callbridge_shared::domain::record::{CallKey, CallRecord};
-use callbridge_shared::domain::resource::to_resource;
+use callbridge_shared::domain::resource::{MorphEventType, to_resource};
 use callbridge_shared::domain::time::Timestamp;
 
 fn connection() -> Connection {
@@ -133,8 +133,19 @@ fn refresh_emits_only_a_change_and_nothing_once_merged_or_deleted() {
     assert!(!record.refresh(&connection));
     assert_eq!(record.revision, 3);
 
+    // A transfer links it to the customer's call, which the CRM shows from then on: this one
+    // is closed once, then emits nothing.
     let mut merged = three_revisions();
-    assert!(merged.merge_into(&CallKey::new("acme", Provider::Voys, "survivor")));
+    assert!(merged.merge_into(&CallKey::new("acme", Provider::Voys, "customer")));
+    let mut customer = event("customer-ring", -10, EventKind::Ringing, &["201"]);
+    customer.call_key = "customer".into();
+    customer.external_number = Some("+31612345678".into());
+    assert!(merged.add_merged_in(&customer));
+    assert!(merged.refresh(&connection), "the call the customer's replaces is closed");
+    assert_eq!(
+        merged.outbox.last().map(|d| d.event),
+        Some(MorphEventType::Deleted)
+    );
     let revision = merged.revision;
     merged.add_event(&event("late", 30, EventKind::Ringing, &["202"]));
     assert!(!merged.refresh(&connection), "a merged call emits nothing");
