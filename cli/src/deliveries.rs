@@ -89,7 +89,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if let (Some(resource), 0, 0) = (&resource, unparked, requeued) {
                 anyhow::bail!("no delivery of {resource} is parked, no webhook of it set aside");
             }
-            println!("{unparked} un-parked, {requeued} webhooks queued again");
+            match requeued {
+                0 => println!("{unparked} un-parked"),
+                _ => println!("{unparked} un-parked, {requeued} webhooks set aside queued again"),
+            }
         }
         Command::Purge { target, resource } => {
             #[cfg(feature = "aws")]

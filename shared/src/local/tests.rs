@@ -723,3 +723,47 @@ async fn the_store_creates_its_folder_and_file_for_its_owner_only() {
     assert_eq!(mode(path.parent().unwrap()), 0o700);
     assert_eq!(mode(&path), 0o600);
 }
+
+/// A call merged into another (a Voys transfer) keeps its own record, events included, until
+/// the surviving call is erased: then it goes too.
+#[tokio::test]
+async fn erasing_a_call_erases_the_calls_merged_into_it() {
+    let bridge = Bridge::new(ScriptedCrm::default()).await;
+    let runtime = bridge.start(retry_soon(), Duration::from_millis(20));
+    bridge.enqueue(whole_call("b")).await;
+    bridge.delivered("b", 1..=3).await;
+    let merge = EventKind::Merged {
+        merged_call_key: "b".into(),
+    };
+    bridge
+        .enqueue([webhook("a", 1, EventKind::Ringing), webhook("a", 2, merge)])
+        .await;
+    let merged = CallKey::new("acme", Provider::Telsmart, "b");
+    eventually("b is merged into a", async || {
+        let (record, _) = bridge.store.load(&merged).await.unwrap().unwrap();
+        record.merged_into.as_deref() == Some("a") && record.outbox.is_empty()
+    })
+    .await;
+    let (before, _) = bridge.store.load(&merged).await.unwrap().unwrap();
+    assert!(
+        !before.events.is_empty(),
+        "b keeps its events until a is erased"
+    );
+
+    bridge.enqueue([erasure("a")]).await;
+    eventually("a and b are erased", async || {
+        let erased = |record: &crate::domain::record::CallRecord| {
+            record.erased_at.is_some() && record.events.is_empty() && record.merged_in.is_empty()
+        };
+        let (a, _) = bridge
+            .store
+            .load(&CallKey::new("acme", Provider::Telsmart, "a"))
+            .await
+            .unwrap()
+            .unwrap();
+        let (b, _) = bridge.store.load(&merged).await.unwrap().unwrap();
+        erased(&a) && erased(&b) && a.outbox.is_empty()
+    })
+    .await;
+    runtime.stop().await;
+}
