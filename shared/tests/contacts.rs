@@ -199,3 +199,91 @@ async fn the_worker_keeps_the_answer_with_the_call() {
     let (record, _) = store.load(&key).await.unwrap().unwrap();
     assert_eq!(record.contact_lookups.get("+3226666666"), Some(&None));
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_number_that_cannot_be_read_is_passed_on_as_sent_and_logged_once_masked() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::warn!("capture works");
+    // No `default_country`: a Belgian national number cannot be read.
+    let config = Config::parse(
+        r#"
+        [[connections]]
+        id = "acme"
+        provider = "telsmart"
+        token = "acme-token-0123456789"
+        connector_id = "conn"
+        owner_id = "owner"
+        users = { "200" = "usr_john" }
+        "#,
+    )
+    .unwrap();
+    let c = config.connections().unwrap().remove(0);
+    let store = MemoryStore::default();
+    let lookup = HttpContactLookup::default();
+    for timestamp in [
+        1_765_209_366_386_177,
+        1_765_209_366_386_177,
+        1_765_209_375_906_227,
+    ] {
+        apply(
+            &store,
+            &c,
+            &lookup,
+            ringing("02 899 26 75", "c1", timestamp),
+        )
+        .await;
+    }
+    let key = CallKey::new("acme", Provider::Telsmart, "c1");
+    let (record, _) = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        record.outbox.last().unwrap().body["data"]["fields"]["externalNumber"],
+        "02 899 26 75"
+    );
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("not a phone number"))
+        .collect();
+    assert!(logs.contains("capture works"), "{logs}");
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(!warnings[0].contains("899"), "{}", warnings[0]);
+    assert!(warnings[0].contains("75"), "{}", warnings[0]);
+
+    // A number that reads is written in E.164 and not logged.
+    apply(
+        &store,
+        &c,
+        &lookup,
+        ringing("3228992675", "c2", 1_765_209_366_386_177),
+    )
+    .await;
+    let key = CallKey::new("acme", Provider::Telsmart, "c2");
+    let (record, _) = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        record.outbox.last().unwrap().body["data"]["fields"]["externalNumber"],
+        "+3228992675"
+    );
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logs.matches("not a phone number").count(), 1, "{logs}");
+}

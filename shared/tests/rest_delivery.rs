@@ -704,7 +704,7 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
     let [consultation_id, customer_id] = [&morph_ids[0], &morph_ids[1]];
     // Expected from the payloads: the consultation (Piet -> Anna) was answered at 15:00:41.880
     // and the transfer came at 15:01:05.336, so it ends completed after 23 seconds.
-    let closed = bodies_of(&consultation_id).last().cloned().unwrap();
+    let closed = bodies_of(consultation_id).last().cloned().unwrap();
     assert_eq!(
         closed,
         json!({
@@ -721,7 +721,7 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
             "internalNumber": "201"
         })
     );
-    let last = bodies_of(&customer_id).last().cloned().unwrap();
+    let last = bodies_of(customer_id).last().cloned().unwrap();
     assert_eq!(last["status"], "completed");
     assert_eq!(last["startedAt"], "2023-09-01T15:00:12.774Z");
     assert_eq!(last["endedAt"], "2023-09-01T15:04:20.948Z");

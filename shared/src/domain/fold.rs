@@ -133,7 +133,7 @@ pub fn fold(events: &[CallEvent]) -> Option<CallState> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum View {
     /// This call is the one the CRM shows, with what the linked calls bring to it.
-    Shown(CallState),
+    Shown(Box<CallState>),
     /// Another call of the transfer is the customer's: this one is closed, from `at` (the
     /// transfer) on, and the CRM is told it is gone.
     MergedAway { at: Timestamp },
@@ -222,7 +222,7 @@ pub fn view(
             add(&mut state.participants, person);
         }
     }
-    View::Shown(state)
+    View::Shown(Box::new(state))
 }
 
 fn transfers<'a>(
@@ -347,7 +347,7 @@ mod tests {
 
     fn shown(view: View) -> CallState {
         match view {
-            View::Shown(state) => state,
+            View::Shown(state) => *state,
             other => panic!("expected the call shown, got {other:?}"),
         }
     }
@@ -406,6 +406,7 @@ mod tests {
     #[test]
     fn the_other_party_is_the_first_one_named() {
         let (mut x, _) = transfer(CUSTOMER);
+        x.truncate(2);
         let mut forwarded = event(CUSTOMER, 30, EventKind::Progress);
         forwarded.external_number = Some("+37120000001".into());
         x.push(forwarded);

@@ -233,7 +233,7 @@ impl CallRecord {
             {
                 return false;
             }
-            View::Shown(state) => state,
+            View::Shown(state) => *state,
             View::MergedAway { at } => {
                 // Never shown: it may still turn out to be the customer's call when more of
                 // it arrives, so it stays open.
@@ -285,10 +285,10 @@ impl CallRecord {
     pub fn linked_calls(&self) -> Vec<String> {
         let mut linked: Vec<String> = self.merged_into.iter().cloned().collect();
         for event in &self.events {
-            if let EventKind::Merged { merged_call_key } = &event.kind {
-                if !linked.contains(merged_call_key) {
-                    linked.push(merged_call_key.clone());
-                }
+            if let EventKind::Merged { merged_call_key } = &event.kind
+                && !linked.contains(merged_call_key)
+            {
+                linked.push(merged_call_key.clone());
             }
         }
         linked
