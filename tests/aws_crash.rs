@@ -25,7 +25,7 @@ use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::CallKey;
 use callbridge_shared::pipeline::crash::{CRASH_AT, CrashPoint};
 use callbridge_shared::ports::CallStore;
-use faults::{assert_applied_once, assert_repeats_only_in};
+use faults::{assert_applied_once, assert_merged_whole, assert_repeats_only_in};
 use scenario::{DELETED, Scenario, applied_of, assert_no_stranger, copies_of, on_copies};
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
@@ -225,6 +225,7 @@ async fn a_container_dying_between_the_two_writes_of_a_voys_merge() {
     s.assert_deliveries(&events);
     assert_no_stranger(std::slice::from_ref(&s), &events);
     assert_once_but_the_crash(&events, at_crash);
+    assert_merged_whole(&bridge.calls(), &s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,14 @@
 mod support;
 
 use callbridge::recorder::{Behaviour, RecordedEvent, Recorder, summary};
+use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::pipeline::crash::{CRASH_AT, CrashPoint};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Sender, Setup, panics};
-use support::faults::{assert_applied_once, assert_repeats_only_in};
+use support::faults::{assert_applied_once, assert_merged_whole, assert_repeats_only_in};
 use support::scenario::{
     self, DELETED, Scenario, applied_of, assert_no_stranger, copies_of, on_copies,
 };
@@ -313,6 +314,10 @@ async fn a_crash_between_the_two_writes_of_a_voys_merge_loses_nothing() {
     )
     .await;
     assert_ends_right(std::slice::from_ref(&s), &events, at_crash);
+    let store = SqliteStore::open(&setup.dir.path().join("callbridge.db"))
+        .await
+        .expect("the data file opens");
+    assert_merged_whole(&store, &s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,3 +303,43 @@ async fn a_409_to_a_taken_key_counts_as_delivered() {
         "the 409 is not logged; the server printed:\n{output}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_without_keys_gets_doubles_only_where_an_answer_came_too_late() {
+    let s = on_copies(&scenarios_with_later_events()[..1], "no-keys").remove(0);
+    // A CRM that honours no idempotency key, whose first answer comes after the bridge gave
+    // up: the retry of that revision is a second effect, and the only one.
+    let keyless = Behaviour {
+        script: [Answer::late(200, 1_500)].into(),
+        ignore_keys: true,
+        ..Behaviour::default()
+    };
+    let recorder = Recorder::start("127.0.0.1:0", keyless)
+        .await
+        .expect("the CRM recorder starts");
+    let crm = CrmSettings {
+        timeout_ms: 300,
+        ..CrmSettings::default()
+    };
+    let (_setup, bridge) = Bridge::serving(&recorder, crm, std::slice::from_ref(&s)).await;
+    let events = bridge
+        .settled_scenarios(
+            &recorder,
+            std::slice::from_ref(&s),
+            Scenario::delivered_in_order,
+        )
+        .await;
+    let doubled: Vec<&RecordedEvent> = events.iter().filter(|e| e.doubled()).collect();
+    assert_eq!(doubled.len(), 1, "{}", summary(&events));
+    assert_eq!(
+        assert_repeats_only_after_late_answers(&events, crm.timeout_ms),
+        1
+    );
+    let measured = std::panic::catch_unwind(|| assert_applied_once(&events));
+    assert!(measured.is_err(), "the doubled effect went unseen");
+    eprintln!(
+        "a CRM without keys: {} requests, {} doubled effect, at the one late answer",
+        events.len(),
+        doubled.len()
+    );
+}

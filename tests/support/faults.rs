@@ -3,6 +3,8 @@
 
 use super::scenario::{self, Scenario, assert_no_stranger};
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, summary};
+use callbridge_shared::domain::record::CallKey;
+use callbridge_shared::ports::CallStore;
 use std::collections::HashMap;
 
 /// Every transient failure of a CRM, each retried under the same key and body: 5xx, 429
@@ -178,4 +180,37 @@ pub fn assert_delivered_with_repeats(
         summary(events)
     );
     (assert_applied_once(events), repeats)
+}
+
+/// Every call of `s` merged into another (a Voys transfer) has all its events in the survivor:
+/// the merge's second write happened. (The scenarios' final resources do not always show it.)
+pub async fn assert_merged_whole(store: &dyn CallStore, s: &Scenario) {
+    let mut merges = 0;
+    for call_key in s.expected.calls.keys() {
+        let key = CallKey::new(&s.connection, s.provider, call_key);
+        let (merged, _) = store
+            .load(&key)
+            .await
+            .expect("the store answers")
+            .unwrap_or_else(|| panic!("{}: no record of {call_key}", s.name));
+        let Some(survivor) = &merged.merged_into else {
+            continue;
+        };
+        merges += 1;
+        let survivor_key = CallKey::new(&s.connection, s.provider, survivor);
+        let (survivor, _) = store
+            .load(&survivor_key)
+            .await
+            .expect("the store answers")
+            .unwrap_or_else(|| panic!("{}: no record of the survivor {survivor}", s.name));
+        for event in &merged.events {
+            assert!(
+                survivor.merged_in.iter().any(|e| e.id == event.id),
+                "{}: event {} of {call_key} never reached the call it was merged into",
+                s.name,
+                event.id
+            );
+        }
+    }
+    assert!(merges > 0, "{}: no call was merged", s.name);
 }

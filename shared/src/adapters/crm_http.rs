@@ -289,8 +289,8 @@ pub fn morph_headers<'a>(
     ]
 }
 
-/// 4xx answers that no retry can fix; 408, 409 (a REST write that met another), 425 and 429
-/// are worth another try. An event's 409 is no refusal: see [`HttpCrm::deliver`].
+/// 4xx answers that no retry can fix; 408, 409, 425 and 429 are worth another try. (An event's
+/// 409 never gets here: it says the CRM has the key already.)
 fn is_permanent(status: StatusCode) -> bool {
     status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }
