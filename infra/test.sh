@@ -18,6 +18,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test (unit, property, scenario, end-to-end, AWS emulator)"
 cargo test --workspace --all-features
 
+step "fuzz targets: build (stable, RUSTC_BOOTSTRAP=1) and replay the kept failing inputs; long runs: infra/fuzz.sh"
+infra/fuzz.sh build
+
 step "template: cfn-lint and sam validate --lint"
 cfn-lint template.yaml
 .venv-sam/bin/sam validate --lint --template-file template.yaml --region eu-west-1
