@@ -137,40 +137,85 @@ pub async fn apply(
         );
     }
 
-    // A transfer links two calls: each takes in the other's events, and the fold of each
-    // decides which one the CRM shows. Linking first (from then on the other call's events
-    // come here too), then taking in what the other call had, makes every step idempotent,
-    // so a crash between them is mended by the queue's redelivery.
-    let mut theirs = Vec::new();
-    for other in &linked {
-        let other_key = CallKey::new(&key.connection_id, key.provider, other);
-        update(store, &other_key, &mut applied, received_at, |record| {
+    if linked.is_empty() {
+        return Ok(applied);
+    }
+    // A transfer joins calls (Voys: one call may take in several, one after the other): each
+    // call of the group takes in the events of all the others, and the fold of each decides
+    // which one the CRM shows. Linking first (from then on the other call's events come here
+    // too), then taking in what the others had, makes every step idempotent, so a crash
+    // between them is mended by the queue's redelivery.
+    let group = joined_calls(store, &key, linked).await?;
+    let mut all = own_events;
+    for (_, events) in &group {
+        all.extend(events.iter().cloned());
+    }
+    for (other_key, _) in &group {
+        update(store, other_key, &mut applied, received_at, |record| {
             let linked_now = match &event.kind {
-                EventKind::Merged { merged_call_key } if merged_call_key == other => {
+                EventKind::Merged { merged_call_key } if *merged_call_key == other_key.call_key => {
                     record.merge_into(&key)
                 }
                 _ => false,
             };
-            let added = own_events
-                .iter()
-                .fold(false, |changed, e| record.add_merged_in(e) | changed);
-            theirs.retain(|e: &CallEvent| e.call_key != *other);
-            theirs.extend(record.events.iter().cloned());
-            linked_now | added | record.refresh(connection)
+            linked_now | take_in(record, &all) | record.refresh(connection)
         })
         .await?;
     }
-    if !linked.is_empty() {
-        crash_point(CrashPoint::MergeHalfWritten);
-        update(store, &key, &mut applied, received_at, |record| {
-            theirs
-                .iter()
-                .fold(false, |changed, e| record.add_merged_in(e) | changed)
-                | record.refresh(connection)
-        })
-        .await?;
-    }
+    crash_point(CrashPoint::MergeHalfWritten);
+    update(store, &key, &mut applied, received_at, |record| {
+        take_in(record, &all) | record.refresh(connection)
+    })
+    .await?;
     Ok(applied)
+}
+
+/// Takes in the events of the other calls of a transfer group. Returns whether any was new.
+fn take_in(record: &mut CallRecord, group_events: &[CallEvent]) -> bool {
+    let own = record.key.call_key.clone();
+    group_events
+        .iter()
+        .filter(|e| e.call_key != own)
+        .fold(false, |changed, e| record.add_merged_in(e) | changed)
+}
+
+/// The most calls transfers may join into one: past it, further calls are left out of the group
+/// (each is still shown on its own), so a hostile chain of transfers cannot make one webhook
+/// write without bound.
+pub const MAX_JOINED_CALLS: usize = 16;
+
+/// The calls joined to `key` by transfers, directly or through each other, with their own
+/// events as stored now (none for a call not seen yet).
+async fn joined_calls(
+    store: &dyn CallStore,
+    key: &CallKey,
+    linked: Vec<String>,
+) -> anyhow::Result<Vec<(CallKey, Vec<CallEvent>)>> {
+    let mut group: Vec<(CallKey, Vec<CallEvent>)> = Vec::new();
+    let mut to_visit = linked;
+    while let Some(call) = to_visit.pop() {
+        if call == key.call_key || group.iter().any(|(k, _)| k.call_key == call) {
+            continue;
+        }
+        if group.len() + 1 >= MAX_JOINED_CALLS {
+            tracing::warn!(
+                call = ?key.to_path(),
+                limit = MAX_JOINED_CALLS,
+                "transfers join more calls than a call may have: the rest are left out"
+            );
+            break;
+        }
+        let other = CallKey::new(&key.connection_id, key.provider, &call);
+        let events = match store.load(&other).await? {
+            Some((record, _)) => {
+                to_visit.extend(record.linked_calls());
+                record.events
+            }
+            None => Vec::new(),
+        };
+        group.push((other, events));
+    }
+    Ok(group)
 }
 
 /// A number of the other party that is neither one of our users nor a phone number of
