@@ -361,7 +361,19 @@ async fn refusals_end_in_the_dead_letter_queue_with_the_crms_answer_until_one_re
     rounds_until_empty(&bridge.source, &worker, 2).await;
     assert_eq!(bridge.dead_letter_count().await, 0);
     let events = recorder.events();
-    assert_all_delivered(&all, &events);
+    // A refused call's later webhooks are folded when they come back from the dead-letter
+    // queue, in the order the redrive returns them: its revisions follow that order, and only
+    // its end is the reference's. The healthy calls went through in file order.
+    for s in &healthy {
+        s.assert_in_order(&events);
+    }
+    for (s, _) in &victims {
+        s.assert_in_any_order(&events);
+    }
+    for s in &all {
+        s.assert_deliveries(&events);
+    }
+    scenario::assert_no_stranger(&all, &events);
     let applied = assert_applied_once(&events);
     let refused: Vec<&RecordedEvent> = events.iter().filter(|e| !e.accepted()).collect();
     eprintln!(

@@ -28,10 +28,12 @@ r2 = evolve(r1, answeredAt="2023-09-01T14:10:14.018Z", users=PIET)
 r3 = evolve(r2, status="completed", endedAt="2023-09-01T14:14:37.502Z", duration=263)
 W("4-outbound", {"ua9-grq-prd-1693577405.22981077": call(rev(C, r1), rev(U, r2), rev(U, r3))})
 
-# 5: Piet calls Anna (202, a colleague): no externalNumber, Anna (rung) then Piet (in-progress
-# names his account). 153 s = 14:20:15.203318 -> 14:22:48.761240.
+# 5: Piet calls Anna (202, a colleague): no externalNumber, Anna (rung), then once answered the
+# users who took part: Piet, who placed it (in-progress names his account as the caller), and
+# Anna, who answered (docs/fold.md: the caller's key, then in-progress's targets; Anna's ring no
+# longer counts once the call is answered). 153 s = 14:20:15.203318 -> 14:22:48.761240.
 r1 = fields(direction="outbound", status="inProgress", startedAt="2023-09-01T14:20:11.455Z", users=ANNA, internalNumber="201")
-r2 = evolve(r1, answeredAt="2023-09-01T14:20:15.203Z", users=users("usr_anna", "usr_piet"))
+r2 = evolve(r1, answeredAt="2023-09-01T14:20:15.203Z", users=users("usr_piet", "usr_anna"))
 r3 = evolve(r2, status="completed", endedAt="2023-09-01T14:22:48.761Z", duration=153)
 W("5-internal-call", {"ua9-grq-prd-1693578011.22983902": call(rev(C, r1), rev(U, r2), rev(U, r3))})
 
@@ -42,7 +44,7 @@ x2 = evolve(x1, answeredAt="2023-09-01T15:00:17.092Z")
 x3 = evolve(x2, users=users("usr_piet", "usr_anna"))
 x4 = evolve(x3, status="completed", endedAt="2023-09-01T15:04:20.948Z", duration=243)
 y1 = fields(direction="outbound", status="inProgress", startedAt="2023-09-01T15:00:37.215Z", users=ANNA, internalNumber="201")
-y2 = evolve(y1, answeredAt="2023-09-01T15:00:41.880Z", users=users("usr_anna", "usr_piet"))
+y2 = evolve(y1, answeredAt="2023-09-01T15:00:41.880Z", users=users("usr_piet", "usr_anna"))  # as in 5
 W("6-attended-transfer", {"ua9-grq-prd-1693580412.23011520": call(rev(C, x1), rev(U, x2), rev(U, x3), rev(U, x4)),
                           "ua9-grq-prd-1693580437.23011688": call(rev(C, y1), rev(U, y2), rev(D, y2))})
 
