@@ -271,11 +271,16 @@ impl Worker {
             });
             groups[index].push(message);
         }
-        join_all(groups.iter().map(|group| self.run_group(group, deadline)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let delivered = DeliveredInBatch::default();
+        join_all(
+            groups
+                .iter()
+                .map(|group| self.run_group(group, deadline, &delivered)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// One call's messages, in order, until one fails; that one and every later one are
@@ -284,6 +289,7 @@ impl Worker {
         &self,
         messages: &[&'m SqsMessage],
         deadline: SystemTime,
+        delivered: &DeliveredInBatch,
     ) -> Option<HandedBack<'m>> {
         let calls = BatchCalls::new(&self.calls);
         for (i, message) in messages.iter().enumerate() {
@@ -295,7 +301,7 @@ impl Worker {
                     "only {left:?} left in this invocation: the message waits for the next"
                 )))
             } else {
-                self.run_message(&calls, message).await
+                self.run_message(&calls, message, delivered).await
             };
             if let Err(failure) = outcome {
                 let hidden_for = match failure.kind {
@@ -323,6 +329,7 @@ impl Worker {
         &self,
         calls: &BatchCalls<'_>,
         message: &SqsMessage,
+        delivered: &DeliveredInBatch,
     ) -> Result<(), Failure> {
         let webhook: QueuedWebhook =
             serde_json::from_str(message.body.as_deref().unwrap_or_default())
@@ -347,7 +354,7 @@ impl Worker {
         // Every record the message touched, not only those it added to: a message received
         // again after a crash finds its revision written but not delivered.
         for key in calls.with_outbox() {
-            self.deliver(calls, &connection, &key).await?;
+            self.deliver(calls, &connection, &key, delivered).await?;
         }
         Ok(())
     }
@@ -357,8 +364,21 @@ impl Worker {
         calls: &BatchCalls<'_>,
         connection: &Connection,
         key: &CallKey,
+        delivered: &DeliveredInBatch,
     ) -> Result<(), Failure> {
-        let outbox = calls.outbox(key);
+        // A transfer's two calls are written by both their message groups: one delivery of a
+        // call at a time in the batch, and not what the other group delivered already.
+        let lock = delivered.lock_of(key);
+        let _one_at_a_time = lock.lock().await;
+        let done = delivered.up_to(key);
+        let outbox: Vec<_> = calls
+            .outbox(key)
+            .into_iter()
+            .filter(|d| d.revision > done)
+            .collect();
+        if outbox.is_empty() {
+            return Ok(());
+        }
         let pushed = push_outbox(
             self.crm.as_ref(),
             calls,
@@ -369,6 +389,7 @@ impl Worker {
         )
         .await;
         if let Some(revision) = pushed.delivered_up_to {
+            delivered.record(key, revision);
             calls
                 .rewrite(key, |record| record.mark_delivered(revision))
                 .await
@@ -409,6 +430,36 @@ impl Worker {
                 ))
             }
         }
+    }
+}
+
+/// What the message groups of one batch delivered, per call, and a lock per call so that two
+/// groups that both wrote a call (a transfer links two calls) do not send its revisions twice.
+#[derive(Default)]
+struct DeliveredInBatch {
+    calls: Mutex<HashMap<CallKey, CallDelivery>>,
+}
+
+/// A call's delivery lock, and the revision delivered up to in this batch.
+type CallDelivery = (Arc<tokio::sync::Mutex<()>>, u64);
+
+impl DeliveredInBatch {
+    fn entries(&self) -> MutexGuard<'_, HashMap<CallKey, CallDelivery>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_of(&self, key: &CallKey) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.entries().entry(key.clone()).or_default().0)
+    }
+
+    fn up_to(&self, key: &CallKey) -> u64 {
+        self.entries().get(key).map_or(0, |(_, revision)| *revision)
+    }
+
+    fn record(&self, key: &CallKey, revision: u64) {
+        let mut entries = self.entries();
+        let entry = entries.entry(key.clone()).or_default();
+        entry.1 = entry.1.max(revision);
     }
 }
 
