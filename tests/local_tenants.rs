@@ -112,6 +112,11 @@ impl Tenant {
                 let mut mine = s.on(self.connection_id(i));
                 for call in mine.expected.calls.values_mut() {
                     call.fields = self.with_users(&call.fields);
+                    if let Some(revisions) = &mut call.revisions {
+                        for revision in revisions {
+                            *revision = self.with_users(revision);
+                        }
+                    }
                 }
                 mine
             })

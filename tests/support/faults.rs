@@ -112,7 +112,8 @@ pub fn assert_applied_once(events: &[RecordedEvent]) -> usize {
             .filter_map(RecordedEvent::idempotency_key)
             .collect();
         panic!(
-            "{doubled} applied a change the CRM had applied before, under the keys {keys:?}:\n{}",
+            "{doubled} applied a change the CRM had applied before, under the keys {keys:?}: {}\n{}",
+            doubled.body,
             summary(events)
         );
     }
