@@ -34,7 +34,7 @@ use faults::{
     events_of, fail_resources, refusals, scenarios_with_later_events, transient_failures, tried,
     tries_per_key,
 };
-use scenario::{Scenario, copies_of, on_copies};
+use scenario::{Scenario, assert_no_stranger, copies_of, on_copies};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -360,7 +360,19 @@ async fn refusals_end_in_the_dead_letter_queue_with_the_crms_answer_until_one_re
     rounds_until_empty(&bridge.source, &worker, 2).await;
     assert_eq!(bridge.dead_letter_count().await, 0);
     let events = recorder.events();
-    assert_all_delivered(&all, &events);
+    // The emulator's dead-letter queue gives a refused call's webhooks back in an order of its
+    // own (Telsmart 3's HANGUP before its ACTIVE: a `missed` revision before `completed`), so
+    // their revisions differ from the file order's; their final resources may not.
+    for s in &healthy {
+        s.assert_in_order(&events);
+    }
+    for (s, _) in &victims {
+        s.assert_in_any_order(&events);
+    }
+    for s in &all {
+        s.assert_deliveries(&events);
+    }
+    assert_no_stranger(&all, &events);
     let applied = assert_applied_once(&events);
     let refused: Vec<&RecordedEvent> = events.iter().filter(|e| !e.accepted()).collect();
     eprintln!(
