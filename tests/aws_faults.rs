@@ -34,7 +34,7 @@ use faults::{
     events_of, fail_resources, refusals, scenarios_with_later_events, transient_failures, tried,
     tries_per_key,
 };
-use scenario::{Scenario, copies_of, on_copies};
+use scenario::{Scenario, assert_no_stranger, copies_of, on_copies};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -361,9 +361,10 @@ async fn refusals_end_in_the_dead_letter_queue_with_the_crms_answer_until_one_re
     rounds_until_empty(&bridge.source, &worker, 2).await;
     assert_eq!(bridge.dead_letter_count().await, 0);
     let events = recorder.events();
-    // A refused call's later webhooks are folded when they come back from the dead-letter
-    // queue, in the order the redrive returns them: its revisions follow that order, and only
-    // its end is the reference's. The healthy calls went through in file order.
+    // After the dead-letter redrive a refused call's webhooks are applied in another order
+    // than the file's (seen on the emulator: Telsmart 3's HANGUP before its ACTIVE, so a
+    // `missed` revision before `completed`; not yet traced to moto or to `deliveries retry`):
+    // their revisions differ from the file order's, their final resources may not.
     for s in &healthy {
         s.assert_in_order(&events);
     }
@@ -373,7 +374,7 @@ async fn refusals_end_in_the_dead_letter_queue_with_the_crms_answer_until_one_re
     for s in &all {
         s.assert_deliveries(&events);
     }
-    scenario::assert_no_stranger(&all, &events);
+    assert_no_stranger(&all, &events);
     let applied = assert_applied_once(&events);
     let refused: Vec<&RecordedEvent> = events.iter().filter(|e| !e.accepted()).collect();
     eprintln!(
