@@ -267,7 +267,8 @@ fn world() -> impl Strategy<Value = (Vec<CallEvent>, Vec<CallEvent>)> {
         .prop_map(|(mut events, merges, erasure, customer_rang)| {
             // The call a transfer keeps has a notification of its own (the customer's call
             // rang before anyone was transferred).
-            let mut ringing = CallEvent::new(Provider::Voys, CALLS[0], customer_rang, EventKind::Ringing);
+            let mut ringing =
+                CallEvent::new(Provider::Voys, CALLS[0], customer_rang, EventKind::Ringing);
             ringing.external_number = Some("+31612345678".into());
             events.push(with_content_id(ringing));
             let mut merged = Vec::new();

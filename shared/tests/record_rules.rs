@@ -141,7 +141,10 @@ fn refresh_emits_only_a_change_and_nothing_once_merged_or_deleted() {
     customer.call_key = "customer".into();
     customer.external_number = Some("+31612345678".into());
     assert!(merged.add_merged_in(&customer));
-    assert!(merged.refresh(&connection), "the call the customer's replaces is closed");
+    assert!(
+        merged.refresh(&connection),
+        "the call the customer's replaces is closed"
+    );
     assert_eq!(
         merged.outbox.last().map(|d| d.event),
         Some(MorphEventType::Deleted)
