@@ -12,7 +12,9 @@ use crate::target::AwsTarget;
 use callbridge_shared::aws::aws_config;
 use callbridge_shared::aws::aws_sdk_sqs::Client;
 use callbridge_shared::aws::aws_sdk_sqs::error::DisplayErrorContext;
-use callbridge_shared::aws::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use callbridge_shared::aws::aws_sdk_sqs::types::{
+    Message, MessageSystemAttributeName, QueueAttributeName,
+};
 use callbridge_shared::ports::QueuedWebhook;
 use indicatif::ProgressBar;
 
@@ -29,6 +31,27 @@ pub async fn queues(target: &AwsTarget) -> anyhow::Result<(Client, String, Strin
     let queue = AwsTarget::setting(&target.queue_url, "--queue-url", "QUEUE_URL")?;
     let aws = aws_config::load_from_env().await;
     Ok((Client::new(&aws), dead_letters.into(), queue.into()))
+}
+
+/// Up to ten messages of `dead_letters` (with their message group), hidden from other readers
+/// while this command handles them.
+async fn receive(sqs: &Client, dead_letters: &str) -> anyhow::Result<Vec<Message>> {
+    let received = sqs
+        .receive_message()
+        .queue_url(dead_letters)
+        .max_number_of_messages(10)
+        .visibility_timeout(VISIBILITY_SECS)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot receive from {dead_letters}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(received.messages.unwrap_or_default())
 }
 
 /// About how many messages wait in `queue` (SQS's own approximation).
@@ -57,22 +80,7 @@ pub async fn redrive(
 ) -> anyhow::Result<u64> {
     let mut moved = 0;
     loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(dead_letters)
-            .max_number_of_messages(10)
-            .visibility_timeout(VISIBILITY_SECS)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot receive from {dead_letters}: {}",
-                    DisplayErrorContext(&e)
-                )
-            })?;
-        let messages = received.messages.unwrap_or_default();
+        let messages = receive(sqs, dead_letters).await?;
         if messages.is_empty() {
             return Ok(moved);
         }
@@ -122,21 +130,7 @@ pub async fn purge(sqs: &Client, dead_letters: &str, resource_id: &str) -> anyho
     let mut passed = Vec::new();
     let outcome = async {
         loop {
-            let received = sqs
-                .receive_message()
-                .queue_url(dead_letters)
-                .max_number_of_messages(10)
-                .visibility_timeout(VISIBILITY_SECS)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot receive from {dead_letters}: {}",
-                        DisplayErrorContext(&e)
-                    )
-                })?;
-            let messages = received.messages.unwrap_or_default();
+            let messages = receive(sqs, dead_letters).await?;
             if messages.is_empty() {
                 return anyhow::Ok(());
             }

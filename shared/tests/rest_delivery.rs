@@ -654,12 +654,12 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
     let customer = CallKey::new(
         "acme-voys",
         Provider::Voys,
-        "ua9-grq-prd-1693580412.23011520",
+        "ua9-grq-prd-1693580412.23011521",
     );
     let consultation = CallKey::new(
         "acme-voys",
         Provider::Voys,
-        "ua9-grq-prd-1693580437.23011688",
+        "ua9-grq-prd-1693580437.23011689",
     );
     for webhook in &webhooks {
         let parsed = providers::parse(Provider::Voys, webhook).unwrap();
