@@ -96,12 +96,11 @@ fn every_provider_has_scenarios() {
     }
 }
 
-/// Every scenario's verdict (`revisions::verdict`: its faults, and whether it differs from its
-/// reference when every field counts); panics with all the failures at once.
-fn judge_all(judged: Vec<(String, Vec<String>, bool)>) {
+/// Every scenario's verdict (`revisions::verdict`); panics with all the failures at once.
+fn judge_all(judged: Vec<(String, Vec<String>)>) {
     let failures: Vec<String> = judged
         .iter()
-        .filter_map(|(name, faults, differs)| revisions::verdict(name, faults, *differs).err())
+        .filter_map(|(name, faults)| revisions::verdict(name, faults).err())
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -114,9 +113,7 @@ fn scenarios_in_order_give_the_expected_events_and_resources() {
         let order: Vec<usize> = (0..scenario.webhooks.len()).collect();
         let delivered = run(&scenario, &connection, &order);
         let calls = scenario.expected["calls"].as_object().unwrap();
-        let awaited = revisions::awaited_fields(&scenario.name);
         let mut faults = Vec::new();
-        let mut differs = false;
         let shown = calls
             .values()
             .filter(|c| !c["events"].as_array().unwrap().is_empty())
@@ -144,12 +141,11 @@ fn scenarios_in_order_give_the_expected_events_and_resources() {
             }
             if let Some(reference) = expected["revisions"].as_array() {
                 let bodies: Vec<&Value> = events.iter().collect();
-                revisions::revision_faults(reference, &bodies, awaited)
+                revisions::revision_faults(reference, &bodies)
                     .into_iter()
                     .for_each(&mut fault);
-                differs |= !revisions::revision_faults(reference, &bodies, &[]).is_empty();
             } else if let Some(last) = events.last() {
-                if !revisions::same_fields(&last["data"]["fields"], &expected["fields"], awaited) {
+                if last["data"]["fields"] != expected["fields"] {
                     fault(format!("final fields {}", last["data"]["fields"]));
                 }
                 if let Some(raw) = expected.get("rawResource")
@@ -159,7 +155,7 @@ fn scenarios_in_order_give_the_expected_events_and_resources() {
                 }
             }
         }
-        judged.push((scenario.name, faults, differs));
+        judged.push((scenario.name, faults));
     }
     judge_all(judged);
 }
@@ -177,15 +173,13 @@ impl Lcg {
 }
 
 /// Shuffled, every webhook sent up to three times: the reference's final `fields` and
-/// `rawResource`, one `created`, first, and no `updated` that changes nothing. (Whether a
-/// scenario awaiting issue 10 still differs is judged in file order.)
+/// `rawResource`, one `created`, first, and no `updated` that changes nothing.
 #[test]
 fn scenarios_shuffled_and_repeated_end_the_same() {
     let mut judged = Vec::new();
     for scenario in scenarios() {
         let connection = connection(scenario.expected["connection"].as_str().unwrap());
         let calls = scenario.expected["calls"].as_object().unwrap();
-        let awaited = revisions::awaited_fields(&scenario.name);
         let mut faults = Vec::new();
         for seed in 0..40u64 {
             let mut rng = Lcg(seed);
@@ -229,7 +223,7 @@ fn scenarios_shuffled_and_repeated_end_the_same() {
                     fault("expected one created, first");
                 }
                 let last = &events.last().unwrap()["data"];
-                if !revisions::same_fields(&last["fields"], &expected["fields"], awaited) {
+                if last["fields"] != expected["fields"] {
                     fault(&format!("final fields {}", last["fields"]));
                 }
                 let final_raw = expected["revisions"]
@@ -247,7 +241,7 @@ fn scenarios_shuffled_and_repeated_end_the_same() {
                 }
             }
         }
-        judged.push((scenario.name, faults, true));
+        judged.push((scenario.name, faults));
     }
     judge_all(judged);
 }

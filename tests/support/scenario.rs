@@ -145,7 +145,6 @@ impl Scenario {
 
     /// Whether every call has reached its expected end at the CRM.
     pub fn delivered_in_any_order(&self, events: &[RecordedEvent]) -> bool {
-        let awaited = revisions::awaited_fields(&self.name);
         self.calls().all(|(id, _, call)| {
             let last = applied_of(events, &id).last().copied();
             if call.ends_deleted() {
@@ -154,9 +153,7 @@ impl Scenario {
             } else if call.events.is_empty() {
                 true
             } else {
-                last.is_some_and(|e| {
-                    revisions::same_fields(&e.body["data"]["fields"], &call.fields, awaited)
-                })
+                last.is_some_and(|e| e.body["data"]["fields"] == call.fields)
             }
         })
     }
@@ -165,9 +162,7 @@ impl Scenario {
     /// with the fields and `rawResource` of the reference's revision (or, without
     /// `revisions`, ending with the expected resource).
     pub fn assert_in_order(&self, events: &[RecordedEvent]) {
-        let awaited = revisions::awaited_fields(&self.name);
         let mut faults = Vec::new();
-        let mut differs = false;
         for (id, key, call) in self.calls() {
             let applied = applied_of(events, &id);
             let names = event_names(&applied);
@@ -181,11 +176,10 @@ impl Scenario {
                 Some(reference) => {
                     let bodies: Vec<&Value> = applied.iter().map(|e| &e.body).collect();
                     faults.extend(
-                        revisions::revision_faults(reference, &bodies, awaited)
+                        revisions::revision_faults(reference, &bodies)
                             .into_iter()
                             .map(|f| format!("call {key}: {f}")),
                     );
-                    differs |= !revisions::revision_faults(reference, &bodies, &[]).is_empty();
                 }
                 None => faults.extend(
                     applied
@@ -195,7 +189,7 @@ impl Scenario {
                 ),
             }
         }
-        self.judge(&faults, differs, events);
+        self.judge(&faults, events);
     }
 
     /// The any-order expectation: per call one `created`, first, no `updated` that changes
@@ -224,8 +218,7 @@ impl Scenario {
             };
             faults.extend(fault.map(|f| format!("call {key}: {f}")));
         }
-        // Whether a scenario awaiting issue 10 still differs is judged in file order.
-        self.judge(&faults, true, events);
+        self.judge(&faults, events);
     }
 
     /// How every delivery went out: the connection's connector id under both spellings and
@@ -301,11 +294,7 @@ impl Scenario {
             .and_then(|r| r.last())
             .map(|r| &r["rawResource"])
             .or(call.raw_resource.as_ref());
-        if !revisions::same_fields(
-            &data["fields"],
-            &call.fields,
-            revisions::awaited_fields(&self.name),
-        ) {
+        if data["fields"] != call.fields {
             Some(format!(
                 "final fields {}\nexpected {}",
                 data["fields"], call.fields
@@ -321,10 +310,9 @@ impl Scenario {
         }
     }
 
-    /// Judges the scenario by its faults and whether it differs from its reference when every
-    /// field counts (`revisions::verdict`).
-    fn judge(&self, faults: &[String], differs: bool, events: &[RecordedEvent]) {
-        if let Err(failure) = revisions::verdict(&self.name, faults, differs) {
+    /// Fails the scenario on its faults, with what the CRM recorded.
+    fn judge(&self, faults: &[String], events: &[RecordedEvent]) {
+        if let Err(failure) = revisions::verdict(&self.name, faults) {
             panic!(
                 "on {}: {failure}\nthe CRM recorded:\n{}",
                 self.connection,
