@@ -247,18 +247,14 @@ fn assert_ends_right(scenarios: &[Scenario], events: &[RecordedEvent], recorded_
     });
 }
 
-/// One scenario of `name` on a copy of its connection of its own.
-fn scenario_on_copy(name: &str, tag: &str) -> Scenario {
+/// One scenario of `name` on a copy of its connection of its own, a CRM recorder that takes
+/// everything, and a server setup for them.
+async fn one_scenario(name: &str, tag: &str) -> (Scenario, Recorder, Setup) {
     let s = scenario::all()
         .into_iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no scenario {name}"));
-    on_copies(&[s], tag).remove(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_the_crms_200_before_the_delivered_mark_resends_that_revision_once() {
-    let s = scenario_on_copy("telsmart/1-answered-incoming.json", "crash-mark");
+    let s = on_copies(&[s], tag).remove(0);
     let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
         .await
         .expect("the CRM recorder starts");
@@ -267,6 +263,13 @@ async fn a_crash_after_the_crms_200_before_the_delivered_mark_resends_that_revis
         CrmSettings::default(),
         &copies_of(std::slice::from_ref(&s)),
     );
+    (s, recorder, setup)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_crms_200_before_the_delivered_mark_resends_that_revision_once() {
+    let (s, recorder, setup) =
+        one_scenario("telsmart/1-answered-incoming.json", "crash-mark").await;
     let bridge = crashing_at(&setup, CrashPoint::DeliveredNotMarked).await;
     let unsent = post_until_down(&bridge, &s).await;
     let at_crash = aborted_at(bridge, CrashPoint::DeliveredNotMarked, &recorder).await;
@@ -293,15 +296,7 @@ async fn a_crash_after_the_crms_200_before_the_delivered_mark_resends_that_revis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_two_writes_of_a_voys_merge_loses_nothing() {
-    let s = scenario_on_copy("voys/6-attended-transfer.json", "crash-merge");
-    let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
-        .await
-        .expect("the CRM recorder starts");
-    let setup = Setup::new(
-        &recorder.url(),
-        CrmSettings::default(),
-        &copies_of(std::slice::from_ref(&s)),
-    );
+    let (s, recorder, setup) = one_scenario("voys/6-attended-transfer.json", "crash-merge").await;
     let bridge = crashing_at(&setup, CrashPoint::MergeHalfWritten).await;
     let unsent = post_until_down(&bridge, &s).await;
     let at_crash = aborted_at(bridge, CrashPoint::MergeHalfWritten, &recorder).await;
@@ -322,15 +317,8 @@ async fn a_crash_between_the_two_writes_of_a_voys_merge_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_an_erasure_still_erases_the_call() {
-    let s = scenario_on_copy("telsmart/1-answered-incoming.json", "crash-erase");
-    let recorder = Recorder::start("127.0.0.1:0", Behaviour::default())
-        .await
-        .expect("the CRM recorder starts");
-    let setup = Setup::new(
-        &recorder.url(),
-        CrmSettings::default(),
-        &copies_of(std::slice::from_ref(&s)),
-    );
+    let (s, recorder, setup) =
+        one_scenario("telsmart/1-answered-incoming.json", "crash-erase").await;
     let bridge = crashing_at(&setup, CrashPoint::ErasureHalfDone).await;
     assert!(post_until_down(&bridge, &s).await.is_empty());
     bridge

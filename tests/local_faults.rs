@@ -12,7 +12,7 @@ mod support;
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::time::Timestamp;
 use std::collections::HashSet;
-use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT};
+use support::bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Setup};
 use support::faults::{
     assert_all_delivered, assert_applied_once, assert_delivered_with_repeats,
     assert_repeats_only_after_late_answers, delivered_resources, events_of, fail_resources,
@@ -263,24 +263,31 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_409_to_a_taken_key_counts_as_delivered() {
-    let s = on_copies(&scenarios_with_later_events()[..1], "conflict").remove(0);
-    // The first answer comes after the bridge gave up; the CRM had taken the key, and answers
-    // its retry 409, as a CRM that refuses repeated keys does.
-    let refusing_repeats = Behaviour {
+/// A scenario run until it settled, with what it ran on kept alive.
+struct Settled {
+    crm: CrmSettings,
+    bridge: Bridge,
+    events: Vec<RecordedEvent>,
+    _setup: Setup,
+    _recorder: Recorder,
+}
+
+/// One scenario whose first delivery the CRM (otherwise as `crm`) answers after the bridge's
+/// 300 ms timeout, run until it settles.
+async fn first_answer_too_late(tag: &str, crm: Behaviour) -> (Scenario, Settled) {
+    let s = on_copies(&scenarios_with_later_events()[..1], tag).remove(0);
+    let late_first = Behaviour {
         script: [Answer::late(200, 1_500)].into(),
-        conflict_on_taken_key: true,
-        ..Behaviour::default()
+        ..crm
     };
-    let recorder = Recorder::start("127.0.0.1:0", refusing_repeats)
+    let recorder = Recorder::start("127.0.0.1:0", late_first)
         .await
         .expect("the CRM recorder starts");
-    let crm = CrmSettings {
+    let settings = CrmSettings {
         timeout_ms: 300,
         ..CrmSettings::default()
     };
-    let (_setup, bridge) = Bridge::serving(&recorder, crm, std::slice::from_ref(&s)).await;
+    let (setup, bridge) = Bridge::serving(&recorder, settings, std::slice::from_ref(&s)).await;
     let events = bridge
         .settled_scenarios(
             &recorder,
@@ -288,6 +295,26 @@ async fn a_409_to_a_taken_key_counts_as_delivered() {
             Scenario::delivered_in_order,
         )
         .await;
+    let settled = Settled {
+        crm: settings,
+        bridge,
+        events,
+        _setup: setup,
+        _recorder: recorder,
+    };
+    (s, settled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_to_a_taken_key_counts_as_delivered() {
+    // The first answer comes after the bridge gave up; the CRM had taken the key, and answers
+    // its retry 409, as a CRM that refuses repeated keys does.
+    let refusing_repeats = Behaviour {
+        conflict_on_taken_key: true,
+        ..Behaviour::default()
+    };
+    let (s, run) = first_answer_too_late("conflict", refusing_repeats).await;
+    let (crm, events) = (run.crm, run.events);
     assert_all_delivered(std::slice::from_ref(&s), &events);
     let conflicts: Vec<&RecordedEvent> = events.iter().filter(|e| e.status == 409).collect();
     assert_eq!(conflicts.len(), 1, "{}", summary(&events));
@@ -297,7 +324,7 @@ async fn a_409_to_a_taken_key_counts_as_delivered() {
     assert_eq!(tries, 2, "{}", summary(&events));
     assert_repeats_only_after_late_answers(&events, crm.timeout_ms);
     assert_applied_once(&events);
-    let output = bridge.output();
+    let output = run.bridge.output();
     assert!(
         output.contains("the CRM answered 409 to a key it already took"),
         "the 409 is not logged; the server printed:\n{output}"
@@ -306,29 +333,14 @@ async fn a_409_to_a_taken_key_counts_as_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_without_keys_gets_doubles_only_where_an_answer_came_too_late() {
-    let s = on_copies(&scenarios_with_later_events()[..1], "no-keys").remove(0);
     // A CRM that honours no idempotency key, whose first answer comes after the bridge gave
     // up: the retry of that revision is a second effect, and the only one.
     let keyless = Behaviour {
-        script: [Answer::late(200, 1_500)].into(),
         ignore_keys: true,
         ..Behaviour::default()
     };
-    let recorder = Recorder::start("127.0.0.1:0", keyless)
-        .await
-        .expect("the CRM recorder starts");
-    let crm = CrmSettings {
-        timeout_ms: 300,
-        ..CrmSettings::default()
-    };
-    let (_setup, bridge) = Bridge::serving(&recorder, crm, std::slice::from_ref(&s)).await;
-    let events = bridge
-        .settled_scenarios(
-            &recorder,
-            std::slice::from_ref(&s),
-            Scenario::delivered_in_order,
-        )
-        .await;
+    let (_, run) = first_answer_too_late("no-keys", keyless).await;
+    let (crm, events) = (run.crm, run.events);
     let doubled: Vec<&RecordedEvent> = events.iter().filter(|e| e.doubled()).collect();
     assert_eq!(doubled.len(), 1, "{}", summary(&events));
     assert_eq!(
