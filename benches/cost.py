@@ -6,7 +6,7 @@ Reads the output of
     cargo test -p callbridge --features aws --test aws reads_and_writes_per_event_are_counted -- --nocapture
 
 (its `usage of ...` lines: the DynamoDB reads and writes, their request units, and the SQS
-sends the adapters of shared/src/aws counted, see shared/src/aws/usage.rs) on standard input
+sends the adapters of shared/src/adapters/aws/ counted, see shared/src/adapters/aws/usage.rs) on standard input
 and prices a million webhooks of a call like Telsmart's held-and-resumed one (ringing, answer,
 hold, resume, hangup: five webhooks, three Morph events) at the list prices below. What the
 emulator cannot tell (how long an invocation runs on AWS, how many messages a batch holds) is

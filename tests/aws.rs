@@ -16,14 +16,15 @@ use async_trait::async_trait;
 use aws_support::AwsBridge;
 use aws_support::lambda::{Batch, HttpRequest};
 use callbridge::recorder::{Behaviour, RecordedEvent, Recorder, summary};
-use callbridge_shared::aws::UsageCounts;
-use callbridge_shared::aws::aws_sdk_dynamodb::types::AttributeValue;
-use callbridge_shared::aws::queue::message_group;
+use callbridge_shared::adapters::aws::UsageCounts;
+use callbridge_shared::adapters::aws::aws_sdk_dynamodb::types::AttributeValue;
+use callbridge_shared::adapters::aws::sqs_queue::message_group;
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::domain::connection::{Connection, hash_token};
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::{CallKey, Delivery};
-use callbridge_shared::local::now;
+use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError};
 use faults::{assert_applied_once, assert_repeats_only_in, is_repeat};
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies, shuffled_with_repeats};
@@ -398,7 +399,7 @@ async fn poison_messages_are_parked_in_the_dead_letter_queue_at_once() {
     // A webhook of a connection that does not exist (any more).
     let ghost = QueuedWebhook {
         connection_id: "ghost".into(),
-        received_at: now(),
+        received_at: SystemClock.now(),
         event: blocked_webhook.event.clone(),
         raw: blocked.webhooks[0].clone(),
     };
@@ -800,7 +801,7 @@ async fn connections_are_imported_with_their_tokens_hashed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_schedule_covers_an_hour_of_crm_outage_before_the_dead_letter_queue() {
-    use callbridge_shared::pipeline::delivery::RetryPolicy;
+    use callbridge_shared::engine::deliver::RetryPolicy;
     use std::time::Duration;
 
     let recorder = recorder().await;

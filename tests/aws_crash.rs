@@ -23,7 +23,7 @@ use callbridge::recorder::{Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::event::EventKind;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::CallKey;
-use callbridge_shared::pipeline::crash::{CRASH_AT, CrashPoint};
+use callbridge_shared::engine::crash::{CRASH_AT, CrashPoint};
 use callbridge_shared::ports::CallStore;
 use faults::{assert_applied_once, assert_merged_whole, assert_repeats_only_in};
 use scenario::{DELETED, Scenario, applied_of, assert_no_stranger, copies_of, on_copies};

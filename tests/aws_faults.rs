@@ -26,8 +26,8 @@ mod scenario;
 use aws_support::AwsBridge;
 use aws_support::lambda::{EventSource, failures};
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
-use callbridge_shared::aws::worker::Worker;
 use callbridge_shared::domain::providers;
+use callbridge_shared::hosts::lambda::worker_function::Worker;
 use callbridge_shared::ports::QueuedWebhook;
 use faults::{
     assert_all_delivered, assert_applied_once, assert_delivered_with_repeats, delivered_resources,

@@ -13,11 +13,12 @@ mod scenario;
 
 use aws_support::AwsBridge;
 use callbridge::recorder::{Behaviour, Recorder};
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::domain::event::{CallEvent, EventKind, Provider};
 use callbridge_shared::domain::record::{CallKey, CallRecord, MAX_RECORD_BYTES};
-use callbridge_shared::local::now;
-use callbridge_shared::pipeline::ingest::MAX_NESTING_DEPTH;
+use callbridge_shared::engine::ingest::MAX_NESTING_DEPTH;
 use callbridge_shared::ports::CallStore;
+use callbridge_shared::ports::Clock;
 use scenario::{Scenario, copies_of, on_copies};
 use serde_json::{Value, json};
 
@@ -44,7 +45,7 @@ fn record_with_summary(key: &CallKey, id: &str, summary: Value) -> CallRecord {
     let mut event = CallEvent::new(
         key.provider,
         &key.call_key,
-        now(),
+        SystemClock.now(),
         EventKind::Summary { summary },
     );
     event.id = id.into();

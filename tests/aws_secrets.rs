@@ -16,8 +16,8 @@ mod scenario;
 
 use aws_support::AwsBridge;
 use aws_support::emulator::repo_root;
-use callbridge_shared::aws::aws_sdk_dynamodb::types::AttributeValue;
-use callbridge_shared::aws::connections::DynamoConnections;
+use callbridge_shared::adapters::aws::aws_sdk_dynamodb::types::AttributeValue;
+use callbridge_shared::adapters::aws::dynamo_connections::DynamoConnections;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::connection::ApiCredentials;
 use callbridge_shared::ports::ConnectionDirectory;

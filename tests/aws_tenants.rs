@@ -14,7 +14,7 @@ mod scenario;
 
 use aws_support::AwsBridge;
 use callbridge::recorder::{Behaviour, Recorder};
-use callbridge_shared::aws::ingest::Ingest;
+use callbridge_shared::hosts::lambda::webhook_function::Ingest;
 use scenario::{Scenario, copies_of, on_copies};
 use std::time::{Duration, Instant};
 

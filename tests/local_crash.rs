@@ -1,7 +1,7 @@
 //! `kill -9` of `callbridge serve` in the middle of a stream of webhooks loses nothing: every
 //! webhook it answered 202 is delivered after a restart on the same data file, and the CRM
 //! sees nothing twice but repeats of one idempotency key with one body. And the same at each
-//! crash point of `callbridge_shared::pipeline::crash` (the server built with the
+//! crash point of `callbridge_shared::engine::crash` (the server built with the
 //! `fault-injection` feature aborts exactly there): after the CRM's 200 and before the
 //! delivered mark, between the two writes of a Voys merge, in the middle of an erasure.
 
@@ -9,7 +9,7 @@ mod support;
 
 use callbridge::recorder::{Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::adapters::sqlite::SqliteStore;
-use callbridge_shared::pipeline::crash::{CRASH_AT, CrashPoint};
+use callbridge_shared::engine::crash::{CRASH_AT, CrashPoint};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

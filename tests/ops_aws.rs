@@ -14,10 +14,11 @@ mod scenario;
 
 use aws_support::AwsBridge;
 use callbridge::recorder::{Behaviour, RecordedEvent, Recorder};
-use callbridge_shared::aws::queue::SqsQueue;
-use callbridge_shared::aws::worker::Worker;
+use callbridge_shared::adapters::aws::sqs_queue::SqsQueue;
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::domain::providers;
-use callbridge_shared::local::now;
+use callbridge_shared::hosts::lambda::worker_function::Worker;
+use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
 use callbridge_shared::telemetry::{
     DELIVERIES, DELIVERY_LATENCY, EVENTS_APPLIED, EVENTS_DEDUPLICATED, InMemoryMetrics, RETRIES,
@@ -165,7 +166,7 @@ async fn the_dead_letter_queue_is_redriven_in_order_once_the_cause_is_fixed() {
         let parsed = providers::parse(s.provider, raw).expect("a scenario webhook parses");
         let webhook = QueuedWebhook {
             connection_id: connection.into(),
-            received_at: now(),
+            received_at: SystemClock.now(),
             event: parsed.event,
             raw: raw.clone(),
         };

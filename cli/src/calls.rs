@@ -10,11 +10,12 @@
 //! either the request queued or the deletion in the outbox, and both are picked up again.
 
 use crate::target::{Store, Target};
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::adapters::sqlite::ParkedDelivery;
 use callbridge_shared::domain::event::{CallEvent, EventKind};
 use callbridge_shared::domain::record::{CallKey, CallRecord, RecordError};
-use callbridge_shared::local::now;
-use callbridge_shared::pipeline::rest::resolve_uncertain_create;
+use callbridge_shared::engine::rest_delivery::resolve_uncertain_create;
+use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{CallFilter, QueuedWebhook};
 use callbridge_shared::telemetry::mask_number;
 use serde_json::{Value, json};
@@ -174,7 +175,7 @@ pub async fn erase(store: &Store, resource_id: &str) -> anyhow::Result<CallRecor
 /// is the same for every request, so a request repeated while one is queued is dropped by SQS
 /// and changes nothing locally.
 pub fn erasure(call: &CallKey) -> QueuedWebhook {
-    let at = now();
+    let at = SystemClock.now();
     let mut event = CallEvent::new(call.provider, &call.call_key, at, EventKind::Erased);
     event.id = format!("erase-{}", call.resource_id());
     QueuedWebhook {

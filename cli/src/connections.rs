@@ -6,9 +6,9 @@
 //!
 //! The functions keep a connection for a minute, so a change is in force within a minute.
 
-use callbridge_shared::aws::aws_config;
-use callbridge_shared::aws::aws_sdk_dynamodb;
-use callbridge_shared::aws::connections::DynamoConnections;
+use callbridge_shared::adapters::aws::aws_config;
+use callbridge_shared::adapters::aws::aws_sdk_dynamodb;
+use callbridge_shared::adapters::aws::dynamo_connections::DynamoConnections;
 use callbridge_shared::config::{Config, ConnectionConfig};
 use callbridge_shared::domain::connection::{Connection, hash_token};
 use callbridge_shared::domain::event::Provider;

@@ -9,10 +9,10 @@
 //! minutes, and which the worker would take as a repeat anyway.
 
 use crate::target::AwsTarget;
-use callbridge_shared::aws::aws_config;
-use callbridge_shared::aws::aws_sdk_sqs::Client;
-use callbridge_shared::aws::aws_sdk_sqs::error::DisplayErrorContext;
-use callbridge_shared::aws::aws_sdk_sqs::types::{
+use callbridge_shared::adapters::aws::aws_config;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::Client;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::error::DisplayErrorContext;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::types::{
     Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use callbridge_shared::ports::QueuedWebhook;

@@ -1,5 +1,5 @@
 //! `callbridge serve`: the bridge on one machine. Webhooks come in over HTTP, the pipeline
-//! runs on the embedded store ([`callbridge_shared::local`]), and Morph events go to
+//! runs on the embedded store ([`callbridge_shared::hosts::local`]), and Morph events go to
 //! `crm.url` or, without one, to standard output as JSON lines (logs go to standard error, so
 //! standard output stays clean).
 
@@ -11,17 +11,19 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::adapters::config_directory::ConfigDirectory;
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::event::Provider;
-use callbridge_shared::local::{self, LocalRuntime, Settings};
-use callbridge_shared::pipeline::activation::{
+use callbridge_shared::engine::activation::{
     Action, ActivationRequest, WithActivatedUsers, activation,
 };
-use callbridge_shared::pipeline::ingest::{
+use callbridge_shared::engine::ingest::{
     self, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest,
 };
+use callbridge_shared::hosts::local::{self, LocalRuntime, Settings};
+use callbridge_shared::ports::Clock;
 use callbridge_shared::telemetry::{InMemoryMetrics, LogFormat, Telemetry, init_logging};
 use serde_json::json;
 use std::path::PathBuf;
@@ -209,7 +211,14 @@ async fn webhook(
         body: &body,
         signature: SignatureHeaders::from_lookup(header),
     };
-    match ingest::ingest(&request, &*server.connections, &*server.store, local::now()).await {
+    match ingest::ingest(
+        &request,
+        &*server.connections,
+        &*server.store,
+        SystemClock.now(),
+    )
+    .await
+    {
         Ok(accepted) => {
             server
                 .telemetry

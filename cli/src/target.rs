@@ -56,7 +56,7 @@ impl AwsTarget {
 
     /// The deployment's calls and queue, with the SDK's configuration from the environment.
     pub async fn open(&self) -> anyhow::Result<AwsCalls> {
-        use callbridge_shared::aws::{aws_config, aws_sdk_dynamodb, aws_sdk_sqs};
+        use callbridge_shared::adapters::aws::{aws_config, aws_sdk_dynamodb, aws_sdk_sqs};
         let aws = aws_config::load_from_env().await;
         Ok(AwsCalls::new(
             aws_sdk_dynamodb::Client::new(&aws),
@@ -71,28 +71,32 @@ impl AwsTarget {
 /// The calls of a deployment on AWS and the queue that changes them.
 #[cfg(feature = "aws")]
 pub struct AwsCalls {
-    pub calls: callbridge_shared::aws::calls::DynamoCalls,
-    pub queue: callbridge_shared::aws::queue::SqsQueue,
+    pub calls: callbridge_shared::adapters::aws::dynamo_calls::DynamoCalls,
+    pub queue: callbridge_shared::adapters::aws::sqs_queue::SqsQueue,
 }
 
 #[cfg(feature = "aws")]
 impl AwsCalls {
     pub fn new(
-        dynamodb: callbridge_shared::aws::aws_sdk_dynamodb::Client,
-        sqs: callbridge_shared::aws::aws_sdk_sqs::Client,
+        dynamodb: callbridge_shared::adapters::aws::aws_sdk_dynamodb::Client,
+        sqs: callbridge_shared::adapters::aws::aws_sdk_sqs::Client,
         calls_table: &str,
         queue_url: &str,
         retention: std::time::Duration,
     ) -> Self {
         use std::sync::Arc;
         Self {
-            calls: callbridge_shared::aws::calls::DynamoCalls::new(
+            calls: callbridge_shared::adapters::aws::dynamo_calls::DynamoCalls::new(
                 dynamodb,
                 calls_table,
                 retention,
                 Arc::default(),
             ),
-            queue: callbridge_shared::aws::queue::SqsQueue::new(sqs, queue_url, Arc::default()),
+            queue: callbridge_shared::adapters::aws::sqs_queue::SqsQueue::new(
+                sqs,
+                queue_url,
+                Arc::default(),
+            ),
         }
     }
 }

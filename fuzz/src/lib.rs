@@ -8,8 +8,8 @@ use callbridge_shared::domain::connection::Connection;
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::pipeline::ingest::{SignatureHeaders, WebhookRequest};
-use callbridge_shared::pipeline::signature::SigningKey;
+use callbridge_shared::engine::ingest::{SignatureHeaders, WebhookRequest};
+use callbridge_shared::engine::signature::SigningKey;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -183,7 +183,7 @@ pub fn ingest(data: &[u8]) {
     let received_at = Timestamp::from_micros(NOW_SECONDS * 1_000_000).unwrap();
     let outcome = bridge
         .runtime
-        .block_on(callbridge_shared::pipeline::ingest::ingest(
+        .block_on(callbridge_shared::engine::ingest::ingest(
             &request,
             &bridge.directory,
             &bridge.queue,

@@ -15,7 +15,7 @@ use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::{CallKey, CallRecord};
 use callbridge_shared::domain::resource::{MorphEventType, envelope};
-use callbridge_shared::pipeline::ingest::{WebhookRequest, ingest};
+use callbridge_shared::engine::ingest::{WebhookRequest, ingest};
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::Value;

@@ -8,7 +8,7 @@ use crate::domain::connection::{
 };
 use crate::domain::contact::Country;
 use crate::domain::event::Provider;
-use crate::pipeline::signature::SigningKey;
+use crate::engine::signature::SigningKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,25 +2,29 @@
 //!
 //! Data flows one way, and each step has one home:
 //!
-//! 1. [`pipeline::ingest`]: an HTTP request is authenticated against its [`domain::connection`],
+//! 1. [`engine::ingest`]: an HTTP request is authenticated against its [`domain::connection`],
 //!    parsed by its provider's module in [`domain::providers`] into one provider-neutral
 //!    [`domain::event::CallEvent`], and put on a [`ports::Queue`].
-//! 2. [`pipeline::worker`]: a queued event is added to its call's [`domain::record::CallRecord`]
+//! 2. [`engine::apply`]: a queued event is added to its call's [`domain::record::CallRecord`]
 //!    (kept in a [`ports::CallStore`]); the record folds its events ([`domain::fold`]), maps the
 //!    state to a `telephonyCall` resource ([`domain::resource`]) and, when the resource changed,
 //!    queues one Morph event in its outbox.
-//! 3. [`pipeline::delivery`]: the outbox is pushed to the CRM through a [`ports::Crm`], in order
+//! 3. [`engine::deliver`]: the outbox is pushed to the CRM through a [`ports::Crm`], in order
 //!    per call.
 //!
-//! [`domain`] is pure (no I/O, no clock); [`adapters`] hold the I/O. The same pipeline runs in the
-//! local server, in AWS Lambda (feature `aws`) and in the tests.
+//! The layers, each importing only from those listed before it:
+//!
+//! - [`domain`]: pure (no I/O, no clock, no AWS or HTTP types).
+//! - [`ports`]: the small traits the engine talks to (store, queue, CRM, clock, ...).
+//! - [`engine`]: the steps above, written once over the ports.
+//! - [`adapters`]: the I/O behind the ports (SQLite, DynamoDB and SQS, the CRM over HTTP).
+//! - [`hosts`]: what schedules the engine: [`hosts::local`] (the local server's tasks) and
+//!   `hosts::lambda` (the Lambda handlers, feature `aws`).
 
 pub mod adapters;
-#[cfg(feature = "aws")]
-pub mod aws;
 pub mod config;
 pub mod domain;
-pub mod local;
-pub mod pipeline;
+pub mod engine;
+pub mod hosts;
 pub mod ports;
 pub mod telemetry;

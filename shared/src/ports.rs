@@ -179,3 +179,9 @@ pub trait UserDirectory: Send + Sync {
     /// Removes an extension; nothing happens when it was not activated.
     async fn deactivate(&self, connection_id: &str, extension: &str) -> anyhow::Result<()>;
 }
+
+/// The time, as the engine reads it: the system clock in production
+/// ([`crate::adapters::clock::SystemClock`]), a set time in tests.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}

@@ -25,8 +25,8 @@
 use crate::domain::connection::Connection;
 use crate::domain::event::Provider;
 use crate::domain::record::{CallKey, Delivery};
-use crate::pipeline::ingest::{Accepted, Rejection};
-use crate::pipeline::worker::Applied;
+use crate::engine::apply::Applied;
+use crate::engine::ingest::{Accepted, Rejection};
 use crate::ports::{DeliveryOutcome, QueuedWebhook};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Abuse of the front door, through `pipeline::ingest` as the local server and the Lambdas call
+//! Abuse of the front door, through `engine::ingest` as the local server and the Lambdas call
 //! it: every bad input gets a clear 4xx with a JSON body naming what was wrong, or a documented
 //! tolerant result; never a panic, and nothing refused is ever enqueued.
 //!
@@ -11,11 +11,11 @@ use callbridge_shared::domain::connection::{Connection, hash_token};
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::record::CallRecord;
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::pipeline::ingest::{
+use callbridge_shared::engine::ingest::{
     Accepted, MAX_BODY_BYTES, MAX_NESTING_DEPTH, MAX_SUMMARY_BYTES, Rejection, SignatureHeaders,
     WebhookRequest, ingest,
 };
-use callbridge_shared::pipeline::signature::SigningKey;
+use callbridge_shared::engine::signature::SigningKey;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
 use serde_json::{Value, json};
 use std::collections::HashMap;

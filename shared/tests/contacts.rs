@@ -16,7 +16,7 @@ use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::CallKey;
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::pipeline::worker;
+use callbridge_shared::engine::apply;
 use callbridge_shared::ports::{CallStore, ContactLookup, QueuedWebhook};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -126,7 +126,7 @@ async fn apply(store: &MemoryStore, c: &Connection, lookup: &HttpContactLookup, 
         event: parsed.event,
         raw: webhook,
     };
-    worker::apply(store, c, lookup, &queued).await.unwrap();
+    apply::apply(store, c, lookup, &queued).await.unwrap();
 }
 
 async fn contacts_of(store: &MemoryStore, call: &str) -> Value {

@@ -25,10 +25,10 @@ use callbridge_shared::domain::connection::Connection;
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::pipeline::ingest::{
+use callbridge_shared::engine::ingest::{
     Accepted, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest, ingest,
 };
-use callbridge_shared::pipeline::signature::SigningKey;
+use callbridge_shared::engine::signature::SigningKey;
 use callbridge_shared::ports::{ConnectionDirectory, Queue, QueuedWebhook};
 use common::repo_root;
 use proptest::prelude::*;

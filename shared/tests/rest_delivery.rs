@@ -19,9 +19,9 @@ use callbridge_shared::domain::providers;
 use callbridge_shared::domain::record::{CallKey, CallRecord};
 use callbridge_shared::domain::rest::RestModel;
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::pipeline::delivery::{Pushed, push_outbox};
-use callbridge_shared::pipeline::rest::resolve_uncertain_create;
-use callbridge_shared::pipeline::worker;
+use callbridge_shared::engine::apply;
+use callbridge_shared::engine::deliver::{Pushed, push_outbox};
+use callbridge_shared::engine::rest_delivery::resolve_uncertain_create;
 use callbridge_shared::ports::{
     CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
 };
@@ -213,7 +213,7 @@ fn rest_connection(morph: &FakeMorph) -> (Connection, Arc<dyn Crm>) {
     ))
     .unwrap();
     let connection = config.connections().unwrap().remove(0);
-    let crm = callbridge_shared::local::crm(&config.crm).unwrap();
+    let crm = callbridge_shared::hosts::local::crm(&config.crm).unwrap();
     (connection, crm)
 }
 
@@ -270,7 +270,7 @@ impl Bridge {
             event: parsed.event,
             raw: webhook.clone(),
         };
-        worker::apply(
+        apply::apply(
             &*self.store,
             &self.connection,
             &HttpContactLookup::default(),
@@ -644,7 +644,7 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
     ))
     .unwrap();
     let connection = config.connections().unwrap().remove(0);
-    let crm = callbridge_shared::local::crm(&config.crm).unwrap();
+    let crm = callbridge_shared::hosts::local::crm(&config.crm).unwrap();
     let telemetry = Telemetry::new(Arc::new(InMemoryMetrics::default()));
     let store = MemoryStore::default();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -669,7 +669,7 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
             event: parsed.event,
             raw: webhook.clone(),
         };
-        let applied = worker::apply(&store, &connection, &HttpContactLookup::default(), &queued)
+        let applied = apply::apply(&store, &connection, &HttpContactLookup::default(), &queued)
             .await
             .unwrap();
         for call in applied.to_deliver {

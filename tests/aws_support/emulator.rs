@@ -2,8 +2,8 @@
 //! queues and tables of `template.yaml`, created by `infra/aws/resources.py` under a prefix of
 //! the test's), with the functions' settings as the template gives them.
 
-use callbridge_shared::aws::aws_config::{self, BehaviorVersion, Region, SdkConfig};
-use callbridge_shared::aws::aws_sdk_dynamodb::config::Credentials;
+use callbridge_shared::adapters::aws::aws_config::{self, BehaviorVersion, Region, SdkConfig};
+use callbridge_shared::adapters::aws::aws_sdk_dynamodb::config::Credentials;
 use callbridge_shared::domain::event::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -4,14 +4,14 @@
 //! the batch response does not list as failed.
 
 use super::emulator::{QueueEvent, Resources, Route};
-use callbridge_shared::aws::aws_lambda_events::encodings::Base64Data;
-use callbridge_shared::aws::aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
-use callbridge_shared::aws::aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
-use callbridge_shared::aws::ingest::Ingest;
-use callbridge_shared::aws::lambda_http::{self, Body};
-use callbridge_shared::aws::lambda_runtime::{Context, LambdaEvent};
-use callbridge_shared::aws::worker::Worker;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::Client as SqsClient;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use callbridge_shared::hosts::lambda::aws_lambda_events::encodings::Base64Data;
+use callbridge_shared::hosts::lambda::aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use callbridge_shared::hosts::lambda::lambda_http::{self, Body};
+use callbridge_shared::hosts::lambda::lambda_runtime::{Context, LambdaEvent};
+use callbridge_shared::hosts::lambda::webhook_function::Ingest;
+use callbridge_shared::hosts::lambda::worker_function::Worker;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -10,17 +10,18 @@ pub mod emulator;
 pub mod lambda;
 
 use super::scenario::Scenario;
-use callbridge_shared::aws::aws_config::SdkConfig;
-use callbridge_shared::aws::aws_sdk_dynamodb::Client as DynamoClient;
-use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
-use callbridge_shared::aws::calls::DynamoCalls;
-use callbridge_shared::aws::connections::DynamoConnections;
-use callbridge_shared::aws::ingest::{Ingest, IngestSettings};
-use callbridge_shared::aws::queue::message_group;
-use callbridge_shared::aws::worker::{Worker, WorkerSettings};
+use callbridge_shared::adapters::aws::aws_config::SdkConfig;
+use callbridge_shared::adapters::aws::aws_sdk_dynamodb::Client as DynamoClient;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::Client as SqsClient;
+use callbridge_shared::adapters::aws::dynamo_calls::DynamoCalls;
+use callbridge_shared::adapters::aws::dynamo_connections::DynamoConnections;
+use callbridge_shared::adapters::aws::sqs_queue::message_group;
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::domain::providers;
-use callbridge_shared::local::now;
+use callbridge_shared::hosts::lambda::webhook_function::{Ingest, IngestSettings};
+use callbridge_shared::hosts::lambda::worker_function::{Worker, WorkerSettings};
+use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{Crm, QueuedWebhook};
 use emulator::Resources;
 use lambda::{EventSource, HttpAnswer, HttpRequest};
@@ -214,7 +215,7 @@ impl AwsBridge {
             .unwrap_or_else(|e| panic!("{} webhook {i}: {e:?}", s.name));
         let webhook = QueuedWebhook {
             connection_id: s.connection.clone(),
-            received_at: now(),
+            received_at: SystemClock.now(),
             event: parsed.event,
             raw: s.webhooks[i].clone(),
         };

@@ -1,7 +1,7 @@
-//! Lambda: voys webhooks in, onto the queue (see `callbridge_shared::aws::ingest`).
+//! Lambda: voys webhooks in, onto the queue (see `callbridge_shared::hosts::lambda::webhook_function`).
 
-use callbridge_shared::aws::ingest::Ingest;
 use callbridge_shared::domain::event::Provider;
+use callbridge_shared::hosts::lambda::webhook_function::Ingest;
 use callbridge_shared::telemetry::{LogFormat, init_logging};
 use lambda_http::{Error, service_fn};
 

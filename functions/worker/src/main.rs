@@ -1,7 +1,7 @@
 //! Lambda: the queue's consumer, calls into DynamoDB and out to the CRM (see
-//! `callbridge_shared::aws::worker`).
+//! `callbridge_shared::hosts::lambda::worker_function`).
 
-use callbridge_shared::aws::worker::Worker;
+use callbridge_shared::hosts::lambda::worker_function::Worker;
 use callbridge_shared::telemetry::{LogFormat, init_logging};
 use lambda_runtime::{Error, service_fn};
 

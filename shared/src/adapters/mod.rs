@@ -1,5 +1,8 @@
 //! The I/O behind the [`crate::ports`] traits.
 
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod clock;
 pub mod config_directory;
 pub mod contact_http;
 pub mod crm_http;

@@ -74,7 +74,7 @@ pub async fn apply_and_deliver(
 ) {
     use callbridge_shared::ports::CallStore;
     let lookup = callbridge_shared::adapters::contact_http::HttpContactLookup::default();
-    let applied = callbridge_shared::pipeline::worker::apply(store, connection, &lookup, queued)
+    let applied = callbridge_shared::engine::apply::apply(store, connection, &lookup, queued)
         .await
         .unwrap();
     for key in applied.to_deliver {

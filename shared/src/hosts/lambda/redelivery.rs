@@ -10,7 +10,7 @@
 //! last message does. A change SQS does not take leaves the message hidden for the queue's
 //! visibility timeout: it comes back later, nothing more.
 
-use crate::pipeline::delivery::RetryPolicy;
+use crate::engine::deliver::RetryPolicy;
 use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;

@@ -1,8 +1,8 @@
 //! The local runtime: the pipeline AWS runs, on one machine, over the SQLite store.
 //!
 //! Ingest (the HTTP server) queues webhooks in the store. A worker task reads the queue in
-//! order and applies each webhook with [`crate::pipeline::worker::apply`]; a delivery task
-//! pushes each call's outbox to the CRM with [`crate::pipeline::delivery::push_outbox`],
+//! order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
+//! pushes each call's outbox to the CRM with [`crate::engine::deliver::push_outbox`],
 //! retrying on the [`RetryPolicy`] and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
 //! store every [`Settings::poll_interval`], which is how they pick up what a previous run left
@@ -12,8 +12,8 @@
 //! `kill -9`, or [`LocalRuntime::stop`]) loses nothing and duplicates nothing the CRM sees:
 //! the next start picks up where this one stopped.
 
-mod delivery;
-mod worker;
+mod apply_lanes;
+mod delivery_tasks;
 
 #[cfg(test)]
 mod tests;
@@ -23,8 +23,7 @@ use crate::adapters::crm_http::HttpCrm;
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
-use crate::domain::time::Timestamp;
-use crate::pipeline::delivery::RetryPolicy;
+use crate::engine::deliver::RetryPolicy;
 use crate::ports::{ConnectionDirectory, Crm};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -67,12 +66,6 @@ pub fn crm(config: &CrmConfig) -> anyhow::Result<Arc<dyn Crm>> {
     )?))
 }
 
-/// The wall clock, as the domain counts time.
-pub fn now() -> Timestamp {
-    Timestamp::from_micros(chrono::Utc::now().timestamp_micros())
-        .expect("the clock is set between 2000 and 2100")
-}
-
 /// The running worker and delivery tasks.
 pub struct LocalRuntime {
     worker: JoinHandle<()>,
@@ -90,7 +83,7 @@ impl LocalRuntime {
         telemetry: Telemetry,
     ) -> Self {
         let (to_deliver, woken) = mpsc::unbounded_channel();
-        let worker = worker::Worker {
+        let worker = apply_lanes::Worker {
             store: Arc::clone(&store),
             connections: Arc::clone(&connections),
             to_deliver,
@@ -98,7 +91,8 @@ impl LocalRuntime {
             contacts: HttpContactLookup::default(),
             telemetry: telemetry.clone(),
         };
-        let deliverer = delivery::Deliverer::new(store, connections, crm, settings, telemetry);
+        let deliverer =
+            delivery_tasks::Deliverer::new(store, connections, crm, settings, telemetry);
         Self {
             worker: tokio::spawn(Arc::new(worker).run()),
             delivery: tokio::spawn(Arc::new(deliverer).run(woken)),

@@ -1,20 +1,21 @@
 //! The ingest Lambda of one provider, behind the HTTP API's route
 //! `/webhooks/{provider}/{connection_id}`: the API Gateway request becomes a
-//! [`WebhookRequest`], [`pipeline::ingest`](crate::pipeline::ingest) decides, and its
-//! [`Accepted`](crate::pipeline::ingest::Accepted) or
-//! [`Rejection`](crate::pipeline::ingest::Rejection) becomes the HTTP answer, with the same statuses and bodies as
+//! [`WebhookRequest`], [`engine::ingest`](crate::engine::ingest) decides, and its
+//! [`Accepted`](crate::engine::ingest::Accepted) or
+//! [`Rejection`](crate::engine::ingest::Rejection) becomes the HTTP answer, with the same statuses and bodies as
 //! the local server. Telsmart's function also takes Telsmart's onboarding requests, at
-//! `/telsmart/{connection_id}/activate` and `/deactivate` ([`crate::pipeline::activation`]).
+//! `/telsmart/{connection_id}/activate` and `/deactivate` ([`crate::engine::activation`]).
 
-use super::connections::{CACHE_FOR, DynamoConnections};
-use super::queue::SqsQueue;
-use super::usage::{Usage, UsageCounts};
-use super::users::DynamoUsers;
-use super::{number_or, process_env, required};
+use crate::adapters::aws::dynamo_connections::{CACHE_FOR, DynamoConnections};
+use crate::adapters::aws::dynamo_users::DynamoUsers;
+use crate::adapters::aws::sqs_queue::SqsQueue;
+use crate::adapters::aws::usage::{Usage, UsageCounts};
+use crate::adapters::aws::{number_or, process_env, required};
+use crate::adapters::clock::SystemClock;
 use crate::domain::event::Provider;
-use crate::local::now;
-use crate::pipeline::activation::{Action, ActivationRequest, activation};
-use crate::pipeline::ingest::{Rejection, SignatureHeaders, WebhookRequest, ingest};
+use crate::engine::activation::{Action, ActivationRequest, activation};
+use crate::engine::ingest::{Rejection, SignatureHeaders, WebhookRequest, ingest};
+use crate::ports::Clock;
 use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use aws_config::SdkConfig;
 use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -101,7 +102,7 @@ impl Ingest {
     /// from the Lambda role.
     pub async fn from_env(provider: Provider) -> anyhow::Result<Self> {
         let settings = IngestSettings::from_vars(process_env)?;
-        let aws = super::sdk::config().await;
+        let aws = crate::adapters::aws::sdk::config().await;
         Ok(Self::new(provider, &aws, &settings))
     }
 
@@ -138,7 +139,7 @@ impl Ingest {
             signature: SignatureHeaders::from_lookup(header),
         };
         let started = Instant::now();
-        let answer = ingest(&webhook, &self.connections, &self.queue, now()).await;
+        let answer = ingest(&webhook, &self.connections, &self.queue, SystemClock.now()).await;
         self.telemetry.webhook(
             webhook.provider,
             webhook.connection_id,

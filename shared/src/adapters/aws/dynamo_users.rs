@@ -1,7 +1,7 @@
 //! The users activated through Telsmart's onboarding, on DynamoDB: one item per activated
 //! extension, `connection_id` (partition key), `extension` (sort key) and `user_id`. Written by
 //! the Telsmart ingest function's activation routes, read by the worker (through
-//! [`WithActivatedUsers`](crate::pipeline::activation::WithActivatedUsers)) with one `Query`
+//! [`WithActivatedUsers`](crate::engine::activation::WithActivatedUsers)) with one `Query`
 //! per connection, kept for a minute in the warm container like the connections, so an
 //! activation is in force within a minute.
 

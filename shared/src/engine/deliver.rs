@@ -5,7 +5,7 @@
 //! wait).
 
 use super::crash::{CrashPoint, crash_point};
-use super::rest::push_revision;
+use super::rest_delivery::push_revision;
 use crate::domain::connection::{Connection, DeliveryMode};
 use crate::domain::record::{CallKey, Delivery};
 use crate::ports::{CallStore, Crm, DeliveryOutcome};
@@ -24,7 +24,7 @@ pub struct Pushed {
 
 /// Pushes the outbox of `call` in order until one delivery does not go through; every attempt
 /// is logged and counted. A connection in REST mode writes what Morph gives back (its ids) to
-/// the call in `store` as it goes ([`super::rest`]); the runner then marks the delivered
+/// the call in `store` as it goes ([`super::rest_delivery`]); the runner then marks the delivered
 /// revisions as usual.
 pub async fn push_outbox(
     crm: &dyn Crm,

@@ -3,11 +3,13 @@
 //! a delivery the CRM refuses, or that runs out of attempts, is parked and the call's later
 //! deliveries wait behind it, so the CRM never sees a call's events out of order.
 
-use super::{Settings, now};
+use super::Settings;
+use crate::adapters::clock::SystemClock;
 use crate::adapters::sqlite::{ParkedDelivery, SqliteStore};
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, Delivery, RecordError};
-use crate::pipeline::delivery::{Pushed, RetryPolicy, push_outbox};
+use crate::engine::deliver::{Pushed, RetryPolicy, push_outbox};
+use crate::ports::Clock;
 use crate::ports::{CallStore, ConnectionDirectory, Crm, DeliveryOutcome, StoreError, Version};
 use crate::telemetry::Telemetry;
 use anyhow::Context;
@@ -90,7 +92,7 @@ impl Deliverer {
                 reason: unreadable.to_string(),
                 crm_status: None,
                 crm_answer: None,
-                parked_at: now(),
+                parked_at: SystemClock.now(),
             };
             tracing::error!(call = ?call.to_path(), error = %e, "the call's record does not read: its deliveries are parked");
             match self.store.park(parked).await {
@@ -243,7 +245,7 @@ impl Deliverer {
                 reason,
                 crm_status,
                 crm_answer,
-                parked_at: now(),
+                parked_at: SystemClock.now(),
             })
             .await?;
         self.telemetry.parked();

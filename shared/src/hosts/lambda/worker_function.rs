@@ -1,7 +1,7 @@
 //! The worker Lambda: the SQS FIFO queue's consumer, with partial batch responses
 //! (`ReportBatchItemFailures`).
 //!
-//! Each message is applied to its call with [`worker::apply`], which writes the
+//! Each message is applied to its call with [`apply`], which writes the
 //! record (and the revision it emitted) to DynamoDB; then the record's outbox is pushed to the
 //! CRM with [`push_outbox`], and what the CRM took is written with
 //! [`CallRecord::mark_delivered`]. State is written before the push and the delivered revision
@@ -23,20 +23,20 @@
 //!
 //! [`CallRecord::mark_delivered`]: crate::domain::record::CallRecord::mark_delivered
 
-use super::calls::DynamoCalls;
-use super::connections::DynamoConnections;
-use super::dead_letters::DeadLetters;
 use super::redelivery::{Redelivery, receive_count};
-use super::usage::{Usage, UsageCounts};
-use super::users::DynamoUsers;
-use super::{number_or, process_env, required};
+use crate::adapters::aws::dynamo_calls::DynamoCalls;
+use crate::adapters::aws::dynamo_connections::DynamoConnections;
+use crate::adapters::aws::dynamo_users::DynamoUsers;
+use crate::adapters::aws::sqs_dead_letters::DeadLetters;
+use crate::adapters::aws::usage::{Usage, UsageCounts};
+use crate::adapters::aws::{number_or, process_env, required};
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::crm_http::HttpCrm;
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, RecordError};
-use crate::pipeline::activation::WithActivatedUsers;
-use crate::pipeline::delivery::{RetryPolicy, push_outbox};
-use crate::pipeline::worker;
+use crate::engine::activation::WithActivatedUsers;
+use crate::engine::apply::apply;
+use crate::engine::deliver::{RetryPolicy, push_outbox};
 use crate::ports::{
     CallStore, ConnectionDirectory, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
 };
@@ -189,7 +189,7 @@ impl Worker {
     pub async fn from_env() -> anyhow::Result<Self> {
         let settings = WorkerSettings::from_vars(process_env)?;
         let crm = Arc::new(settings.crm()?);
-        let aws = super::sdk::config().await;
+        let aws = crate::adapters::aws::sdk::config().await;
         Ok(Self::new(&aws, &settings, crm))
     }
 
@@ -347,7 +347,7 @@ impl Worker {
                     webhook.connection_id
                 ))
             })?;
-        let applied = worker::apply(calls, &connection, &self.contacts, &webhook)
+        let applied = apply(calls, &connection, &self.contacts, &webhook)
             .await
             .map_err(Failure::of_store)?;
         self.telemetry.applied(&webhook, &applied);

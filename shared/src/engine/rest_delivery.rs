@@ -10,10 +10,11 @@
 //! to check Morph. Updates (`PATCH` with the whole resource) are idempotent and simply
 //! retried. `docs/crm.md` lists the windows that remain.
 
+use crate::adapters::clock::SystemClock;
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, Delivery};
 use crate::domain::rest::{self, RemoteCall, RestModel};
-use crate::local::now;
+use crate::ports::Clock;
 use crate::ports::{CallStore, Crm, DeliveryOutcome, RestOutcome, StoreError};
 use std::time::Duration;
 
@@ -64,7 +65,8 @@ async fn push(
     }
     if let Some(sent) = remote.create_sent {
         let age = Duration::from_micros(
-            now()
+            SystemClock
+                .now()
                 .as_micros()
                 .saturating_sub(sent.at.as_micros())
                 .try_into()
@@ -86,7 +88,7 @@ async fn push(
         if request.is_create() {
             let mut claimed = false;
             change(store, call, |record| {
-                claimed = record.remote.claim_create(model, now());
+                claimed = record.remote.claim_create(model, SystemClock.now());
                 claimed
             })
             .await?;

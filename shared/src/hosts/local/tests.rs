@@ -9,8 +9,8 @@ use crate::domain::event::{CallEvent, EventKind, Provider};
 use crate::domain::record::{CallKey, Delivery};
 use crate::domain::resource::MorphEventType;
 use crate::domain::time::Timestamp;
-use crate::pipeline::delivery::RetryPolicy;
-use crate::pipeline::worker::apply;
+use crate::engine::apply::apply;
+use crate::engine::deliver::RetryPolicy;
 use crate::ports::{CallStore, Crm, DeliveryOutcome, Queue, QueuedWebhook};
 use crate::telemetry::{
     DELIVERIES, DELIVERIES_PARKED, DELIVERY_LATENCY, EVENTS_APPLIED, EVENTS_DEDUPLICATED,

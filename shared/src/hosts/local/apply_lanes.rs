@@ -3,11 +3,13 @@
 //! A reader takes the queue in order and hands each webhook to a lane chosen by its call, so
 //! a call's events are applied one after another while different calls go on in parallel.
 
+use crate::adapters::clock::SystemClock;
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::{QueuedMessage, SqliteStore};
 use crate::domain::event::EventKind;
 use crate::domain::record::{CallKey, RecordError};
-use crate::pipeline::worker::{Applied, apply};
+use crate::engine::apply::{Applied, apply};
+use crate::ports::Clock;
 use crate::ports::{ConnectionDirectory, QueuedWebhook};
 use crate::telemetry::Telemetry;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -146,7 +148,7 @@ impl Worker {
         );
         self.telemetry.parked();
         self.store
-            .set_aside(seq, resource_id, reason, super::now())
+            .set_aside(seq, resource_id, reason, SystemClock.now())
             .await;
     }
 
