@@ -18,7 +18,7 @@
 //! - [`ports`]: the small traits the engine talks to (store, queue, CRM, clock, ...).
 //! - [`engine`]: the steps above, written once over the ports.
 //! - [`adapters`]: the I/O behind the ports (SQLite, DynamoDB and SQS, the CRM over HTTP).
-//! - [`hosts`]: what schedules the engine: [`hosts::local`] (the local server's tasks) and
+//! - [`hosts`]: what schedules the engine: `hosts::local` (the local server's tasks, feature `local`) and
 //!   `hosts::lambda` (the Lambda handlers, feature `aws`).
 
 pub mod adapters;

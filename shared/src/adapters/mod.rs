@@ -7,5 +7,7 @@ pub mod config_directory;
 pub mod contact_http;
 pub mod crm_http;
 pub mod memory;
+#[cfg(feature = "local")]
 pub mod sqlite;
+#[cfg(feature = "local")]
 pub mod stdout_crm;

@@ -346,7 +346,7 @@ impl ConnectionDirectory for WithActivatedUsers {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "local"))]
 mod tests {
     use super::*;
     use crate::adapters::config_directory::ConfigDirectory;

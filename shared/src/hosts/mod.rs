@@ -3,4 +3,5 @@
 
 #[cfg(feature = "aws")]
 pub mod lambda;
+#[cfg(feature = "local")]
 pub mod local;
