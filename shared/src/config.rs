@@ -1,6 +1,7 @@
-//! The configuration file of the local server (and of `callbridge connections import`): TOML,
-//! with one documented default for everything but the connections. See
-//! `infra/callbridge.example.toml`.
+//! The configuration of both hosts: one typed [`Config`] with one set of defaults, documented
+//! once in `infra/callbridge.example.toml`. The local server (and `callbridge connections
+//! import`) reads it from that TOML file ([`Config::load`]); a Lambda function reads it from
+//! the environment variables the template sets ([`Config::from_vars`], [`ENVIRONMENT`]).
 
 use crate::adapters::crm_http::check_url;
 use crate::domain::connection::{
@@ -26,6 +27,69 @@ pub struct Config {
     pub crm: CrmConfig,
     #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
+    /// Where the Lambda functions find their tables and queues.
+    #[serde(default)]
+    pub aws: AwsConfig,
+}
+
+/// The AWS resources of the Lambda functions; the template names them in their environment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    pub connections_table: Option<String>,
+    pub calls_table: Option<String>,
+    /// The users activated through Telsmart's onboarding.
+    pub users_table: Option<String>,
+    /// The webhook queue.
+    pub queue_url: Option<String>,
+    /// Where a call that cannot go on is parked.
+    pub dead_letter_queue_url: Option<String>,
+    /// How long a warm ingest container keeps a connection it read, so how long a retired
+    /// token may still be taken.
+    #[serde(default = "default_connection_cache_secs")]
+    pub connection_cache_secs: u64,
+    /// How long a call's record is kept after its last change.
+    #[serde(default = "default_call_retention_days")]
+    pub call_retention_days: u64,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            connections_table: None,
+            calls_table: None,
+            users_table: None,
+            queue_url: None,
+            dead_letter_queue_url: None,
+            connection_cache_secs: default_connection_cache_secs(),
+            call_retention_days: default_call_retention_days(),
+        }
+    }
+}
+
+/// The environment variables a Lambda function is configured with, and the key of [`Config`]
+/// each one sets. Only these are read (`RUST_LOG` and `METRICS_NAMESPACE` are the telemetry's).
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("CRM_URL", "crm.url"),
+    ("CRM_REST_URL", "crm.rest_url"),
+    ("CRM_TIMEOUT_MS", "crm.timeout_ms"),
+    ("RETRY_INITIAL_BACKOFF_MS", "crm.initial_backoff_ms"),
+    ("RETRY_MAX_BACKOFF_MS", "crm.max_backoff_ms"),
+    ("CONNECTIONS_TABLE", "aws.connections_table"),
+    ("CALLS_TABLE", "aws.calls_table"),
+    ("USERS_TABLE", "aws.users_table"),
+    ("QUEUE_URL", "aws.queue_url"),
+    ("DEAD_LETTER_QUEUE_URL", "aws.dead_letter_queue_url"),
+    ("CONNECTION_CACHE_SECS", "aws.connection_cache_secs"),
+    ("CALL_RETENTION_DAYS", "aws.call_retention_days"),
+];
+
+/// The environment variable that sets `key`, to name it in an error.
+fn variable_of(key: &str) -> &str {
+    ENVIRONMENT
+        .iter()
+        .find(|(_, k)| *k == key)
+        .map_or(key, |(variable, _)| variable)
 }
 
 /// Where and how Morph events are delivered.
@@ -214,6 +278,12 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     60_000
 }
+fn default_connection_cache_secs() -> u64 {
+    60
+}
+fn default_call_retention_days() -> u64 {
+    30
+}
 
 /// Shortest token we accept: anything shorter can be guessed.
 const MIN_TOKEN_LEN: usize = 16;
@@ -378,6 +448,53 @@ impl Config {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// The configuration of a Lambda function: `vars` (a variable's value by its name; the
+    /// process environment in production) over the defaults. An empty variable is not set, as
+    /// the template's empty parameters are. An error names the variable, never its value.
+    pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let figment = ENVIRONMENT
+            .iter()
+            .filter_map(|(variable, key)| {
+                let value = vars(variable).filter(|value| !value.is_empty())?;
+                // Read as figment's own environment provider reads a value: numbers as numbers.
+                let value: figment::value::Value = value.parse().unwrap_or_else(|e| match e {});
+                Some((*key, value))
+            })
+            .fold(figment::Figment::new(), |figment, (key, value)| {
+                figment.merge(figment::providers::Serialized::default(key, value))
+            });
+        figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let expected = match &e.kind {
+                figment::error::Kind::InvalidType(_, expected)
+                | figment::error::Kind::InvalidValue(_, expected) => expected.as_str(),
+                _ => "a valid value",
+            };
+            // serde names an integer by its Rust type (`u64`).
+            let expected = match expected.strip_prefix('u').map(str::parse::<u8>) {
+                Some(Ok(_)) => "a whole number",
+                _ => expected,
+            };
+            anyhow::anyhow!(
+                "the environment variable {} must be {expected}",
+                variable_of(&key)
+            )
+        })
+    }
+
+    /// The configuration of a Lambda function, from its process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// A setting a Lambda function cannot do without (`key` of [`ENVIRONMENT`]), or an error
+    /// naming its environment variable.
+    pub fn required<'a>(value: &'a Option<String>, key: &str) -> anyhow::Result<&'a str> {
+        value.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("the environment variable {} is not set", variable_of(key))
+        })
+    }
+
     /// With an HTTP CRM, each connection's delivery mode needs its URL: without either URL
     /// everything is printed, but a URL for one mode alone would print the other's silently.
     fn check_delivery(&self, connection: &ConnectionConfig) -> anyhow::Result<()> {
@@ -483,6 +600,80 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// A Lambda's environment: every variable [`ENVIRONMENT`] names, as `vars` changes them.
+    fn environment(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let mut all: BTreeMap<&str, &str> = ENVIRONMENT
+            .iter()
+            .map(|(variable, key)| (*variable, *key))
+            .collect();
+        all.extend(vars.iter().copied());
+        Config::from_vars(|name| all.get(name).map(|value| (*value).to_owned()))
+    }
+
+    #[test]
+    fn every_variable_of_the_environment_sets_its_key() {
+        let config = environment(&[
+            ("CRM_TIMEOUT_MS", "1500"),
+            ("RETRY_INITIAL_BACKOFF_MS", "1000"),
+            ("RETRY_MAX_BACKOFF_MS", "360000"),
+            ("CONNECTION_CACHE_SECS", "5"),
+            ("CALL_RETENTION_DAYS", "7"),
+        ])
+        .unwrap();
+        let (crm, aws) = (&config.crm, &config.aws);
+        assert_eq!(crm.url.as_deref(), Some("crm.url"));
+        assert_eq!(crm.rest_url.as_deref(), Some("crm.rest_url"));
+        assert_eq!(
+            (crm.timeout_ms, crm.initial_backoff_ms, crm.max_backoff_ms),
+            (1_500, 1_000, 360_000)
+        );
+        for (value, key) in [
+            (&aws.connections_table, "aws.connections_table"),
+            (&aws.calls_table, "aws.calls_table"),
+            (&aws.users_table, "aws.users_table"),
+            (&aws.queue_url, "aws.queue_url"),
+            (&aws.dead_letter_queue_url, "aws.dead_letter_queue_url"),
+        ] {
+            assert_eq!(value.as_deref(), Some(key));
+        }
+        assert_eq!((aws.connection_cache_secs, aws.call_retention_days), (5, 7));
+    }
+
+    #[test]
+    fn the_environment_and_the_file_share_their_defaults() {
+        let from_env = Config::from_vars(|_| None).unwrap();
+        let from_file = Config::parse("").unwrap();
+        assert_eq!(format!("{from_env:?}"), format!("{from_file:?}"));
+        // The example file's documented schedule.
+        assert_eq!(
+            (from_env.crm.initial_backoff_ms, from_env.crm.max_backoff_ms),
+            (250, 60_000)
+        );
+        assert_eq!(from_env.crm.max_attempts, 12);
+        assert_eq!(from_env.aws.connection_cache_secs, 60);
+        assert_eq!(from_env.aws.call_retention_days, 30);
+        // An empty variable is one the template left unset (an empty parameter).
+        let empty = Config::from_vars(|name| (name == "CRM_REST_URL").then(String::new));
+        assert_eq!(empty.unwrap().crm.rest_url, None);
+    }
+
+    #[test]
+    fn a_bad_or_missing_variable_is_named_without_its_value() {
+        let error = Config::from_vars(|name| {
+            (name == "CRM_TIMEOUT_MS").then(|| "five-seconds-secret".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("CRM_TIMEOUT_MS"), "{error}");
+        assert!(error.contains("whole number"), "{error}");
+        assert!(!error.contains("five-seconds-secret"), "{error}");
+        let config = Config::from_vars(|_| None).unwrap();
+        let missing = Config::required(&config.aws.queue_url, "aws.queue_url")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("QUEUE_URL is not set"), "{missing}");
     }
 
     #[test]

@@ -25,34 +25,3 @@ pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_sqs;
 pub use usage::{Usage, UsageCounts};
-
-/// Reads a setting from `vars` (the process environment on Lambda, where the template sets
-/// it), naming it when it is missing.
-pub(crate) fn required(
-    vars: &impl Fn(&str) -> Option<String>,
-    name: &str,
-) -> anyhow::Result<String> {
-    vars(name)
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("the environment variable {name} is not set"))
-}
-
-/// Reads a number setting, or its default when it is not set.
-pub(crate) fn number_or(
-    vars: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: u64,
-) -> anyhow::Result<u64> {
-    match vars(name).filter(|value| !value.is_empty()) {
-        Some(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name} must be a whole number, not `{value}`")),
-        None => Ok(default),
-    }
-}
-
-/// The process environment, as the settings read it.
-pub(crate) fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}

@@ -6,12 +6,12 @@
 //! the local server. Telsmart's function also takes Telsmart's onboarding requests, at
 //! `/telsmart/{connection_id}/activate` and `/deactivate` ([`crate::engine::activation`]).
 
-use crate::adapters::aws::dynamo_connections::{CACHE_FOR, DynamoConnections};
+use crate::adapters::aws::dynamo_connections::DynamoConnections;
 use crate::adapters::aws::dynamo_users::DynamoUsers;
 use crate::adapters::aws::sqs_queue::SqsQueue;
 use crate::adapters::aws::usage::{Usage, UsageCounts};
-use crate::adapters::aws::{number_or, process_env, required};
 use crate::adapters::clock::SystemClock;
+use crate::config::Config;
 use crate::domain::event::Provider;
 use crate::engine::activation::{Action, ActivationRequest, activation};
 use crate::engine::ingest::{Rejection, SignatureHeaders, WebhookRequest, ingest};
@@ -25,7 +25,8 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where the ingest functions find things; the template sets these variables.
+/// Where the ingest functions find things: the [`Config`] of their environment, which the
+/// template sets.
 #[derive(Clone, Debug)]
 pub struct IngestSettings {
     /// `CONNECTIONS_TABLE`
@@ -34,24 +35,26 @@ pub struct IngestSettings {
     pub queue_url: String,
     /// `USERS_TABLE` (Telsmart's function only): where its activation routes write.
     pub users_table: Option<String>,
-    /// `CONNECTION_CACHE_SECS` (default 60): how long a warm container keeps a connection it
-    /// read, so how long a retired token may still be taken.
+    /// `CONNECTION_CACHE_SECS`: how long a warm container keeps a connection it read, so how
+    /// long a retired token may still be taken.
     pub connection_cache: Duration,
 }
 
 impl IngestSettings {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let aws = &config.aws;
+        Ok(Self {
+            connections_table: Config::required(&aws.connections_table, "aws.connections_table")?
+                .to_owned(),
+            queue_url: Config::required(&aws.queue_url, "aws.queue_url")?.to_owned(),
+            users_table: aws.users_table.clone(),
+            connection_cache: Duration::from_secs(aws.connection_cache_secs),
+        })
+    }
+
     /// Reads the settings with `vars` (a variable's value by its name).
     pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        Ok(Self {
-            connections_table: required(&vars, "CONNECTIONS_TABLE")?,
-            queue_url: required(&vars, "QUEUE_URL")?,
-            users_table: vars("USERS_TABLE").filter(|table| !table.is_empty()),
-            connection_cache: Duration::from_secs(number_or(
-                &vars,
-                "CONNECTION_CACHE_SECS",
-                CACHE_FOR.as_secs(),
-            )?),
-        })
+        Self::from_config(&Config::from_vars(vars)?)
     }
 }
 
@@ -101,7 +104,7 @@ impl Ingest {
     /// The handler as the template configures it: settings from the environment, AWS clients
     /// from the Lambda role.
     pub async fn from_env(provider: Provider) -> anyhow::Result<Self> {
-        let settings = IngestSettings::from_vars(process_env)?;
+        let settings = IngestSettings::from_config(&Config::from_env()?)?;
         let aws = crate::adapters::aws::sdk::config().await;
         Ok(Self::new(provider, &aws, &settings))
     }

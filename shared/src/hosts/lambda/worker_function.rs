@@ -29,9 +29,9 @@ use crate::adapters::aws::dynamo_connections::DynamoConnections;
 use crate::adapters::aws::dynamo_users::DynamoUsers;
 use crate::adapters::aws::sqs_dead_letters::DeadLetters;
 use crate::adapters::aws::usage::{Usage, UsageCounts};
-use crate::adapters::aws::{number_or, process_env, required};
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::crm_http::HttpCrm;
+use crate::config::Config;
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, RecordError};
 use crate::engine::activation::WithActivatedUsers;
@@ -54,8 +54,8 @@ use std::time::{Duration, SystemTime};
 /// How many times marking a delivery is retried when another worker changed the call meanwhile.
 const MAX_CONFLICTS: usize = 16;
 
-/// Where the worker finds things and how it talks to the CRM; the template sets these
-/// variables.
+/// Where the worker finds things and how it talks to the CRM: the [`Config`] of its
+/// environment, which the template sets.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// `CALLS_TABLE`
@@ -64,11 +64,11 @@ pub struct WorkerSettings {
     pub connections_table: String,
     /// `USERS_TABLE`: the users activated through Telsmart's onboarding.
     pub users_table: String,
-    /// `CALL_RETENTION_DAYS` (default 30): how long a call is kept after its last change.
+    /// `CALL_RETENTION_DAYS`: how long a call is kept after its last change.
     pub call_retention: Duration,
     /// `CRM_URL`: where the Morph events are POSTed.
     pub crm_url: String,
-    /// `CRM_TIMEOUT_MS` (default 5000): per delivery.
+    /// `CRM_TIMEOUT_MS`: per delivery.
     pub crm_timeout: Duration,
     /// `CRM_REST_URL` (optional): the root of Morph's REST API, for connections with
     /// `delivery = "rest"` (whose credentials are in the connections table).
@@ -78,37 +78,41 @@ pub struct WorkerSettings {
     /// `DEAD_LETTER_QUEUE_URL`: where a call that cannot go on is parked at once.
     pub dead_letter_queue_url: String,
     /// When a message handed back for another try comes again: `RETRY_INITIAL_BACKOFF_MS`
-    /// (default 1000) after its first receive, doubling with each receive up to
-    /// `RETRY_MAX_BACKOFF_MS` (default 360000, the queue's visibility timeout). The queue's
+    /// after its first receive, doubling with each receive up to `RETRY_MAX_BACKOFF_MS` (the
+    /// template sets 1 s and 360 s, the queue's visibility timeout). The queue's
     /// `maxReceiveCount` bounds the attempts, so the schedule does not.
     pub redelivery: RetryPolicy,
 }
 
 impl WorkerSettings {
-    /// Reads the settings with `vars` (a variable's value by its name).
-    pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let (aws, crm) = (&config.aws, &config.crm);
+        let required =
+            |value: &Option<String>, key: &str| Config::required(value, key).map(str::to_owned);
         Ok(Self {
-            calls_table: required(&vars, "CALLS_TABLE")?,
-            connections_table: required(&vars, "CONNECTIONS_TABLE")?,
-            users_table: required(&vars, "USERS_TABLE")?,
-            call_retention: Duration::from_secs(
-                number_or(&vars, "CALL_RETENTION_DAYS", 30)? * 24 * 3600,
-            ),
-            crm_url: required(&vars, "CRM_URL")?,
-            crm_timeout: Duration::from_millis(number_or(&vars, "CRM_TIMEOUT_MS", 5_000)?),
-            crm_rest_url: vars("CRM_REST_URL").filter(|url| !url.is_empty()),
-            queue_url: required(&vars, "QUEUE_URL")?,
-            dead_letter_queue_url: required(&vars, "DEAD_LETTER_QUEUE_URL")?,
+            calls_table: required(&aws.calls_table, "aws.calls_table")?,
+            connections_table: required(&aws.connections_table, "aws.connections_table")?,
+            users_table: required(&aws.users_table, "aws.users_table")?,
+            call_retention: Duration::from_secs(aws.call_retention_days * 24 * 3600),
+            crm_url: required(&crm.url, "crm.url")?,
+            crm_timeout: Duration::from_millis(crm.timeout_ms),
+            crm_rest_url: crm.rest_url.clone(),
+            queue_url: required(&aws.queue_url, "aws.queue_url")?,
+            dead_letter_queue_url: required(
+                &aws.dead_letter_queue_url,
+                "aws.dead_letter_queue_url",
+            )?,
             redelivery: RetryPolicy {
                 max_attempts: u32::MAX,
-                initial: Duration::from_millis(number_or(
-                    &vars,
-                    "RETRY_INITIAL_BACKOFF_MS",
-                    1_000,
-                )?),
-                max: Duration::from_millis(number_or(&vars, "RETRY_MAX_BACKOFF_MS", 360_000)?),
+                initial: Duration::from_millis(crm.initial_backoff_ms),
+                max: Duration::from_millis(crm.max_backoff_ms),
             },
         })
+    }
+
+    /// Reads the settings with `vars` (a variable's value by its name).
+    pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        Self::from_config(&Config::from_vars(vars)?)
     }
 
     /// The CRM of these settings, over HTTP.
@@ -187,7 +191,7 @@ impl Worker {
     /// The handler as the template configures it: settings from the environment, AWS clients
     /// from the Lambda role, the CRM over HTTP.
     pub async fn from_env() -> anyhow::Result<Self> {
-        let settings = WorkerSettings::from_vars(process_env)?;
+        let settings = WorkerSettings::from_config(&Config::from_env()?)?;
         let crm = Arc::new(settings.crm()?);
         let aws = crate::adapters::aws::sdk::config().await;
         Ok(Self::new(&aws, &settings, crm))
