@@ -95,6 +95,25 @@ pub enum CallFilter<'a> {
     Resource(&'a str),
 }
 
+/// How many times an update is tried again when another writer changed the call between its
+/// read and its save: beyond that the call is too busy to be worth racing for, and the update
+/// fails (the caller's retry comes back to it later).
+pub const MAX_CONFLICTS: usize = 16;
+
+/// A change to a call's record; it says whether it changed anything, since a record left as it
+/// was is not written.
+pub type Change<'a> = &'a mut (dyn FnMut(&mut CallRecord) -> bool + Send);
+
+/// What an update left stored.
+#[derive(Clone, Debug)]
+pub struct Updated {
+    pub record: CallRecord,
+    /// `None`: a call never seen, that the change left alone.
+    pub version: Option<Version>,
+    /// Whether the change was saved.
+    pub written: bool,
+}
+
 #[async_trait]
 pub trait CallStore: Send + Sync {
     /// The record and its version; `None` for a call never seen.
@@ -102,6 +121,56 @@ pub trait CallStore: Send + Sync {
     /// Saves the record if its version is still `read` (`None`: if it does not exist yet).
     async fn save(&self, record: &CallRecord, read: Option<Version>)
     -> Result<Version, StoreError>;
+
+    /// Lets `change` modify the call's record (a new one for a call never seen) and saves it
+    /// over the version read if it says it changed, from a fresh read when another writer got
+    /// there first: two writers racing on one call lose no update.
+    async fn update(&self, key: &CallKey, change: Change<'_>) -> anyhow::Result<Updated> {
+        update(self, key, true, change).await
+    }
+
+    /// [`CallStore::update`] of a call that must be stored already: an error when it is gone.
+    async fn update_stored(&self, key: &CallKey, change: Change<'_>) -> anyhow::Result<Updated> {
+        update(self, key, false, change).await
+    }
+}
+
+/// The conditional-update loop of [`CallStore::update`], written once.
+async fn update<S: CallStore + ?Sized>(
+    store: &S,
+    key: &CallKey,
+    new_when_missing: bool,
+    change: Change<'_>,
+) -> anyhow::Result<Updated> {
+    for _ in 0..MAX_CONFLICTS {
+        let (mut record, version) = match store.load(key).await? {
+            Some((record, version)) => (record, Some(version)),
+            None if new_when_missing => (CallRecord::new(key.clone()), None),
+            None => anyhow::bail!("the call's record is gone"),
+        };
+        if !change(&mut record) {
+            return Ok(Updated {
+                record,
+                version,
+                written: false,
+            });
+        }
+        match store.save(&record, version).await {
+            Ok(saved) => {
+                return Ok(Updated {
+                    record,
+                    version: Some(saved),
+                    written: true,
+                });
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::Other(e)) => return Err(e),
+        }
+    }
+    anyhow::bail!(
+        "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
+        key.to_path()
+    )
 }
 
 /// How the CRM took a delivery.
@@ -184,4 +253,128 @@ pub trait UserDirectory: Send + Sync {
 /// ([`crate::adapters::clock::SystemClock`]), a set time in tests.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::Provider;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store where another writer changes the call between every read and save, `rivals`
+    /// times in all: each of those saves meets a real conflict.
+    #[derive(Default)]
+    struct Contested {
+        calls: Mutex<BTreeMap<CallKey, (CallRecord, Version)>>,
+        rivals: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl CallStore for Contested {
+        async fn load(&self, key: &CallKey) -> anyhow::Result<Option<(CallRecord, Version)>> {
+            Ok(self.calls.lock().unwrap().get(key).cloned())
+        }
+
+        async fn save(
+            &self,
+            record: &CallRecord,
+            read: Option<Version>,
+        ) -> Result<Version, StoreError> {
+            let mut calls = self.calls.lock().unwrap();
+            if self
+                .rivals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+                && let Some((stored, version)) = calls.get_mut(&record.key)
+            {
+                stored.revision += 1;
+                *version += 1;
+            }
+            let current = calls.get(&record.key).map(|(_, v)| *v);
+            if current != read {
+                return Err(StoreError::Conflict);
+            }
+            let version = read.unwrap_or(0) + 1;
+            calls.insert(record.key.clone(), (record.clone(), version));
+            Ok(version)
+        }
+    }
+
+    fn key() -> CallKey {
+        CallKey::new("acme", Provider::Voys, "call-1")
+    }
+
+    async fn stored(rivals: usize) -> Contested {
+        let store = Contested::default();
+        store
+            .save(&CallRecord::new(key()), None)
+            .await
+            .expect("a first save");
+        store.rivals.store(rivals, Ordering::SeqCst);
+        store
+    }
+
+    #[tokio::test]
+    async fn a_change_is_made_again_over_what_a_rival_wrote_and_loses_nothing() {
+        let store = stored(3).await;
+        let mut tries = 0;
+        let updated = store
+            .update(&key(), &mut |record| {
+                tries += 1;
+                record.revision += 100;
+                true
+            })
+            .await
+            .expect("an update within the conflict limit");
+        assert_eq!(tries, 4);
+        assert!(updated.written);
+        // The rivals' three writes and ours, all kept.
+        assert_eq!(store.load(&key()).await.unwrap().unwrap().0.revision, 103);
+        assert_eq!(updated.record.revision, 103);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_keeps_changing_fails_after_the_conflict_limit() {
+        let store = stored(MAX_CONFLICTS).await;
+        let mut tries = 0;
+        let error = store
+            .update(&key(), &mut |record| {
+                tries += 1;
+                record.revision += 100;
+                true
+            })
+            .await
+            .expect_err("more conflicts than the limit");
+        assert_eq!(tries, MAX_CONFLICTS);
+        assert!(
+            error.to_string().contains("kept changing under us"),
+            "{error}"
+        );
+        assert_eq!(
+            store.load(&key()).await.unwrap().unwrap().0.revision,
+            MAX_CONFLICTS as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_never_seen_is_new_to_update_and_missing_to_update_stored() {
+        let store = Contested::default();
+        let other = CallKey::new("acme", Provider::Voys, "call-2");
+        let error = store
+            .update_stored(&other, &mut |_| true)
+            .await
+            .expect_err("nothing stored");
+        assert!(error.to_string().contains("gone"), "{error}");
+        assert!(store.load(&other).await.unwrap().is_none());
+
+        let left = store.update(&other, &mut |_| false).await.unwrap();
+        assert!(!left.written && left.version.is_none());
+        assert!(store.load(&other).await.unwrap().is_none());
+
+        let made = store.update(&other, &mut |_| true).await.unwrap();
+        assert!(made.written);
+        assert_eq!(made.version, Some(1));
+        assert_eq!(store.load(&other).await.unwrap().unwrap().1, 1);
+    }
 }

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
+use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::adapters::contact_http::HttpContactLookup;
 use callbridge_shared::adapters::memory::MemoryStore;
 use callbridge_shared::config::Config;
@@ -21,9 +22,9 @@ use callbridge_shared::domain::rest::RestModel;
 use callbridge_shared::domain::time::Timestamp;
 use callbridge_shared::engine::apply;
 use callbridge_shared::engine::deliver::{Pushed, push_outbox};
-use callbridge_shared::engine::rest_delivery::resolve_uncertain_create;
+use callbridge_shared::engine::rest_delivery::{CLAIM_PATIENCE, resolve_uncertain_create};
 use callbridge_shared::ports::{
-    CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
+    CallStore, Clock, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
 };
 use callbridge_shared::telemetry::{InMemoryMetrics, Telemetry};
 use serde_json::{Value, json};
@@ -249,6 +250,30 @@ struct Bridge {
     connection: Connection,
     crm: Arc<dyn Crm>,
     telemetry: Telemetry,
+    clock: SetClock,
+}
+
+/// A clock that stands still until a test moves it.
+struct SetClock(Mutex<Timestamp>);
+
+impl SetClock {
+    fn new() -> Self {
+        Self(Mutex::new(
+            Timestamp::from_micros(1_765_209_900_000_000).unwrap(),
+        ))
+    }
+
+    fn advance(&self, by: Duration) {
+        let mut now = self.0.lock().unwrap();
+        *now = Timestamp::from_micros(now.as_micros() + i64::try_from(by.as_micros()).unwrap())
+            .unwrap();
+    }
+}
+
+impl Clock for SetClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
 }
 
 impl Bridge {
@@ -259,6 +284,7 @@ impl Bridge {
             connection,
             crm,
             telemetry: Telemetry::new(Arc::new(InMemoryMetrics::default())),
+            clock: SetClock::new(),
         }
     }
 
@@ -287,14 +313,12 @@ impl Bridge {
     /// Makes the claimed create older than any request under way: the process that sent it
     /// is long gone.
     async fn age_claim(&self) {
-        let (mut record, version) = self.record().await;
-        let sent = record
-            .remote
-            .create_sent
-            .as_mut()
-            .expect("a claimed create");
-        sent.at = Timestamp::from_micros(sent.at.as_micros() - 60_000_000).unwrap();
-        self.store.save(&record, Some(version)).await.unwrap();
+        assert!(
+            self.record().await.0.remote.create_sent.is_some(),
+            "a claimed create"
+        );
+        self.clock
+            .advance(CLAIM_PATIENCE + Duration::from_micros(1));
     }
 
     /// Pushes the outbox as a runner does, without marking anything delivered (a runner that
@@ -304,6 +328,7 @@ impl Bridge {
         push_outbox(
             &*self.crm,
             &*self.store,
+            &self.clock,
             &self.connection,
             &key(),
             &record.outbox,
@@ -316,17 +341,13 @@ impl Bridge {
     async fn deliver(&self) -> Pushed {
         let pushed = self.push().await;
         if let Some(revision) = pushed.delivered_up_to {
-            loop {
-                let (mut record, version) = self.record().await;
-                record.mark_delivered(revision);
-                match self.store.save(&record, Some(version)).await {
-                    Err(StoreError::Conflict) => continue,
-                    saved => {
-                        saved.unwrap();
-                        break;
-                    }
-                }
-            }
+            self.store
+                .update_stored(&key(), &mut |record| {
+                    record.mark_delivered(revision);
+                    true
+                })
+                .await
+                .unwrap();
         }
         pushed
     }
@@ -453,15 +474,30 @@ async fn a_create_whose_answer_is_lost_is_never_sent_again_until_an_operator_res
             ),
             "{lost:?}: {pushed:?}"
         );
-        // Tried again at once, it may be another worker's create under way: it waits.
+        // Tried again at once, it may be another worker's create under way: it waits the
+        // whole patience (the clock stands still), and still waits just before it runs out.
         let pushed = bridge.deliver().await;
         assert!(
             matches!(
                 stopped_with(&pushed),
                 Some(DeliveryOutcome::Retry {
-                    retry_after: Some(_),
+                    retry_after: Some(wait),
                     ..
-                })
+                }) if *wait == CLAIM_PATIENCE
+            ),
+            "{lost:?}: {pushed:?}"
+        );
+        bridge
+            .clock
+            .advance(CLAIM_PATIENCE - Duration::from_secs(1));
+        let pushed = bridge.deliver().await;
+        assert!(
+            matches!(
+                stopped_with(&pushed),
+                Some(DeliveryOutcome::Retry {
+                    retry_after: Some(wait),
+                    ..
+                }) if *wait == Duration::from_secs(1)
             ),
             "{lost:?}: {pushed:?}"
         );
@@ -677,6 +713,7 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
             let pushed = push_outbox(
                 &*crm,
                 &store,
+                &SystemClock,
                 &connection,
                 &call,
                 &record.outbox,

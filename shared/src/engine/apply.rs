@@ -9,11 +9,8 @@ use crate::domain::connection::Connection;
 use crate::domain::event::{CallEvent, EventKind};
 use crate::domain::record::{CallKey, CallRecord, MAX_EVENTS_PER_CALL, RecordError};
 use crate::domain::time::Timestamp;
-use crate::ports::{CallStore, ContactLookup, QueuedWebhook, StoreError};
+use crate::ports::{CallStore, ContactLookup, QueuedWebhook};
 use crate::telemetry::mask_number;
-
-/// How many times a save is retried when another worker changed the call meanwhile.
-const MAX_CONFLICTS: usize = 16;
 
 /// What processing one webhook did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -224,43 +221,35 @@ fn is_unreadable(connection: &Connection, number: &str) -> bool {
     connection.user_id(number).is_none() && connection.contacts.e164(number).is_none()
 }
 
-/// Loads (or creates) a record, lets `change` modify it, and saves it if it says it changed,
-/// retrying from a fresh read when another writer got there first. The revisions it emits are
-/// stamped with `received_at`, the receipt of their webhook, which their delivery latency
-/// counts from.
+/// Lets `change` modify the call's record (a new one for a call never seen) through the store's
+/// conditional update, and counts what it wrote. The revisions it emits are stamped with
+/// `received_at`, the receipt of their webhook, which their delivery latency counts from.
 async fn update(
     store: &dyn CallStore,
     key: &CallKey,
     applied: &mut Applied,
     received_at: Timestamp,
-    mut change: impl FnMut(&mut CallRecord) -> bool,
+    mut change: impl FnMut(&mut CallRecord) -> bool + Send,
 ) -> anyhow::Result<()> {
-    for _ in 0..MAX_CONFLICTS {
-        let (mut record, version) = match store.load(key).await? {
-            Some((record, version)) => (record, Some(version)),
-            None => (CallRecord::new(key.clone()), None),
-        };
-        let outbox_before = record.outbox.len();
-        if !change(&mut record) {
-            return Ok(());
-        }
-        for emitted in record.outbox.iter_mut().filter(|d| d.received_at.is_none()) {
-            emitted.received_at = Some(received_at);
-        }
-        match store.save(&record, version).await {
-            Ok(_) => {
-                applied.writes += 1;
-                if record.outbox.len() > outbox_before && !applied.to_deliver.contains(key) {
-                    applied.to_deliver.push(key.clone());
-                }
-                return Ok(());
+    let mut emitted = false;
+    let updated = store
+        .update(key, &mut |record| {
+            let outbox_before = record.outbox.len();
+            if !change(record) {
+                return false;
             }
-            Err(StoreError::Conflict) => continue,
-            Err(StoreError::Other(e)) => return Err(e),
+            for emitted in record.outbox.iter_mut().filter(|d| d.received_at.is_none()) {
+                emitted.received_at = Some(received_at);
+            }
+            emitted = record.outbox.len() > outbox_before;
+            true
+        })
+        .await?;
+    if updated.written {
+        applied.writes += 1;
+        if emitted && !applied.to_deliver.contains(key) {
+            applied.to_deliver.push(key.clone());
         }
     }
-    anyhow::bail!(
-        "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
-        key.to_path()
-    )
+    Ok(())
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod contacts;
 pub mod crash;
 pub mod deliver;
+pub mod failure;
 pub mod ingest;
 pub mod rest_delivery;
 pub mod signature;

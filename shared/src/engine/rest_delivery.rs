@@ -10,30 +10,26 @@
 //! to check Morph. Updates (`PATCH` with the whole resource) are idempotent and simply
 //! retried. `docs/crm.md` lists the windows that remain.
 
-use crate::adapters::clock::SystemClock;
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord, Delivery};
 use crate::domain::rest::{self, RemoteCall, RestModel};
-use crate::ports::Clock;
-use crate::ports::{CallStore, Crm, DeliveryOutcome, RestOutcome, StoreError};
+use crate::ports::{CallStore, Clock, Crm, DeliveryOutcome, RestOutcome};
 use std::time::Duration;
-
-/// Saves retried when another writer changed the call meanwhile.
-const MAX_CONFLICTS: usize = 16;
 /// How long a claimed create may be another worker's request still under way: longer than
 /// any CRM timeout the deployments allow (15 s), with room for the writes around it.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Writes one revision of `call` to Morph's REST API; what Morph gave back is saved with
-/// the call before this returns.
+/// the call before this returns. `clock` dates the claims and tells their age.
 pub async fn push_revision(
     crm: &dyn Crm,
     store: &dyn CallStore,
+    clock: &dyn Clock,
     connection: &Connection,
     call: &CallKey,
     delivery: &Delivery,
 ) -> DeliveryOutcome {
-    match push(crm, store, connection, call, delivery).await {
+    match push(crm, store, clock, connection, call, delivery).await {
         Ok(outcome) => outcome,
         Err(e) => DeliveryOutcome::Retry {
             reason: format!("cannot read or write the call: {e}"),
@@ -45,6 +41,7 @@ pub async fn push_revision(
 async fn push(
     crm: &dyn Crm,
     store: &dyn CallStore,
+    clock: &dyn Clock,
     connection: &Connection,
     call: &CallKey,
     delivery: &Delivery,
@@ -65,7 +62,7 @@ async fn push(
     }
     if let Some(sent) = remote.create_sent {
         let age = Duration::from_micros(
-            SystemClock
+            clock
                 .now()
                 .as_micros()
                 .saturating_sub(sent.at.as_micros())
@@ -88,7 +85,7 @@ async fn push(
         if request.is_create() {
             let mut claimed = false;
             change(store, call, |record| {
-                claimed = record.remote.claim_create(model, SystemClock.now());
+                claimed = record.remote.claim_create(model, clock.now());
                 claimed
             })
             .await?;
@@ -135,30 +132,14 @@ fn uncertain(model: RestModel, what_happened: &str) -> DeliveryOutcome {
     }
 }
 
-/// Applies `change` to the stored record and saves it when it says it changed, from a fresh
-/// read when another writer got there first.
+/// Applies `change` to the stored record and saves it when it says it changed.
 async fn change(
     store: &dyn CallStore,
     key: &CallKey,
-    mut change: impl FnMut(&mut CallRecord) -> bool,
+    mut change: impl FnMut(&mut CallRecord) -> bool + Send,
 ) -> anyhow::Result<()> {
-    for _ in 0..MAX_CONFLICTS {
-        let Some((mut record, version)) = store.load(key).await? else {
-            anyhow::bail!("the call's record is gone");
-        };
-        if !change(&mut record) {
-            return Ok(());
-        }
-        match store.save(&record, Some(version)).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict) => continue,
-            Err(StoreError::Other(e)) => return Err(e),
-        }
-    }
-    anyhow::bail!(
-        "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
-        key.to_path()
-    )
+    store.update_stored(key, &mut change).await?;
+    Ok(())
 }
 
 /// What Morph holds of a call, for an operator who resolved an uncertain create by looking:

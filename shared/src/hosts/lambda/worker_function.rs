@@ -1,13 +1,13 @@
 //! The worker Lambda: the SQS FIFO queue's consumer, with partial batch responses
 //! (`ReportBatchItemFailures`).
 //!
-//! Each message is applied to its call with [`apply`], which writes the
-//! record (and the revision it emitted) to DynamoDB; then the record's outbox is pushed to the
-//! CRM with [`push_outbox`], and what the CRM took is written with
-//! [`CallRecord::mark_delivered`]. State is written before the push and the delivered revision
-//! after it, so a crash in between only re-sends the same revision under the same idempotency
-//! key. Both writes are conditional on the version read: two workers racing on one call lose
-//! no update.
+//! Each message is applied to its call with [`apply`], which writes the record (and the
+//! revision it emitted) to DynamoDB; then the record's outbox is delivered to the CRM with
+//! [`deliver_outbox`], which writes what the CRM took with [`CallRecord::mark_delivered`] and
+//! says what a failure means ([`Failure`]); this host only schedules what follows. State is
+//! written before the push and the delivered revision after it, so a crash in between only
+//! re-sends the same revision under the same idempotency key. Both writes are conditional on
+//! the version read: two workers racing on one call lose no update.
 //!
 //! A batch holds messages of several calls (message groups), in order within each. The calls
 //! are processed side by side, each call's messages one after the other; a call's record is
@@ -29,17 +29,17 @@ use crate::adapters::aws::dynamo_connections::DynamoConnections;
 use crate::adapters::aws::dynamo_users::DynamoUsers;
 use crate::adapters::aws::sqs_dead_letters::DeadLetters;
 use crate::adapters::aws::usage::{Usage, UsageCounts};
+use crate::adapters::clock::SystemClock;
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::crm_http::HttpCrm;
 use crate::config::Config;
 use crate::domain::connection::Connection;
-use crate::domain::record::{CallKey, CallRecord, RecordError};
+use crate::domain::record::{CallKey, CallRecord};
 use crate::engine::activation::WithActivatedUsers;
 use crate::engine::apply::apply;
-use crate::engine::deliver::{RetryPolicy, push_outbox};
-use crate::ports::{
-    CallStore, ConnectionDirectory, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
-};
+use crate::engine::deliver::{RetryPolicy, deliver_outbox};
+use crate::engine::failure::Failure;
+use crate::ports::{CallStore, ConnectionDirectory, Crm, QueuedWebhook, StoreError, Version};
 use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -47,12 +47,8 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::future::join_all;
 use lambda_runtime::{Error, LambdaEvent};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
-
-/// How many times marking a delivery is retried when another worker changed the call meanwhile.
-const MAX_CONFLICTS: usize = 16;
 
 /// Where the worker finds things and how it talks to the CRM: the [`Config`] of its
 /// environment, which the template sets.
@@ -308,18 +304,21 @@ impl Worker {
                 self.run_message(&calls, message, delivered).await
             };
             if let Err(failure) = outcome {
-                let hidden_for = match failure.kind {
-                    FailureKind::Retry { retry_after } => {
+                let hidden_for = match &failure {
+                    Failure::Retry { retry_after, .. } => {
                         self.telemetry.retried();
-                        Some(self.redelivery.backoff(receive_count(message), retry_after))
+                        Some(
+                            self.redelivery
+                                .backoff(receive_count(message), *retry_after),
+                        )
                     }
-                    FailureKind::Rejected => {
+                    Failure::Park { .. } => {
                         self.telemetry.parked();
                         None
                     }
-                    FailureKind::Poison => None,
+                    Failure::Poison { .. } => None,
                 };
-                failure.log(message, messages.len() - i - 1, hidden_for);
+                log_failure(&failure, message, messages.len() - i - 1, hidden_for);
                 return Some(HandedBack {
                     messages: messages[i..].to_vec(),
                     hidden_for,
@@ -374,65 +373,26 @@ impl Worker {
         // call at a time in the batch, and not what the other group delivered already.
         let lock = delivered.lock_of(key);
         let _one_at_a_time = lock.lock().await;
-        let done = delivered.up_to(key);
-        let outbox: Vec<_> = calls
-            .outbox(key)
-            .into_iter()
-            .filter(|d| d.revision > done)
-            .collect();
-        if outbox.is_empty() {
+        let Some(record) = calls.known(key) else {
             return Ok(());
-        }
-        let pushed = push_outbox(
+        };
+        let done = deliver_outbox(
             self.crm.as_ref(),
             calls,
+            &SystemClock,
             connection,
-            key,
-            &outbox,
+            record,
+            delivered.up_to(key),
             &self.telemetry,
         )
-        .await;
-        if let Some(revision) = pushed.delivered_up_to {
+        .await
+        .map_err(Failure::of_store)?;
+        if let Some(revision) = done.up_to {
             delivered.record(key, revision);
-            calls
-                .rewrite(key, |record| record.mark_delivered(revision))
-                .await
-                .map_err(Failure::of_store)?;
         }
-        match pushed.stopped_at {
+        match done.stopped {
             None => Ok(()),
-            Some((delivery, DeliveryOutcome::Reject { status, .. })) if calls.is_erased(key) => {
-                // The erasure does not wait on a refusal.
-                tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
-                calls
-                    .rewrite(key, |record| {
-                        record.drop_refused(delivery.revision);
-                    })
-                    .await
-                    .map_err(Failure::of_store)
-            }
-            Some((delivery, DeliveryOutcome::Reject { status, body })) => {
-                Err(Failure::rejected(format!(
-                    "the CRM refused {} with HTTP {status}: {body}",
-                    delivery.idempotency_key
-                )))
-            }
-            Some((delivery, DeliveryOutcome::Uncertain { reason })) => Err(Failure::rejected(
-                format!("{}: {reason}", delivery.idempotency_key),
-            )),
-            Some((delivery, outcome)) => {
-                let retry_after = match &outcome {
-                    DeliveryOutcome::Retry { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                Err(Failure::retry_after(
-                    format!(
-                        "the CRM did not take {}: {outcome:?}",
-                        delivery.idempotency_key
-                    ),
-                    retry_after,
-                ))
-            }
+            Some((_, failure)) => Err(failure),
         }
     }
 }
@@ -497,41 +457,9 @@ impl<'a> BatchCalls<'a> {
             .collect()
     }
 
-    fn outbox(&self, key: &CallKey) -> Vec<crate::domain::record::Delivery> {
-        self.records()
-            .get(key)
-            .map(|(record, _)| record.outbox.clone())
-            .unwrap_or_default()
-    }
-
-    fn is_erased(&self, key: &CallKey) -> bool {
-        self.records()
-            .get(key)
-            .is_some_and(|(record, _)| record.erased_at.is_some())
-    }
-
-    /// Changes the outbox (takes out what the CRM took, or what it refused of an erased call),
-    /// over whatever version is current.
-    async fn rewrite(&self, key: &CallKey, change: impl Fn(&mut CallRecord)) -> anyhow::Result<()> {
-        for _ in 0..MAX_CONFLICTS {
-            let Some((mut record, version)) = self.load(key).await? else {
-                return Ok(());
-            };
-            let waiting = record.outbox.len();
-            change(&mut record);
-            if record.outbox.len() == waiting {
-                return Ok(());
-            }
-            match self.save(&record, Some(version)).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict) => continue,
-                Err(StoreError::Other(e)) => return Err(e),
-            }
-        }
-        anyhow::bail!(
-            "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
-            key.to_path()
-        )
+    /// The call's record as this batch knows it, if it read it.
+    fn known(&self, key: &CallKey) -> Option<CallRecord> {
+        self.records().get(key).map(|(record, _)| record.clone())
     }
 }
 
@@ -576,96 +504,50 @@ struct HandedBack<'m> {
     hidden_for: Option<Duration>,
 }
 
-/// Why a message did not go through.
-struct Failure {
-    kind: FailureKind,
-    reason: String,
-}
-
-enum FailureKind {
-    /// It can never succeed: only the dead-letter queue helps.
-    Poison,
-    /// The CRM refused a delivery for good: the call waits until someone fixes the cause.
-    Rejected,
-    /// Worth another try (AWS or the CRM unavailable, too little time left), not before the
-    /// CRM's `Retry-After` when it gave one.
-    Retry { retry_after: Option<Duration> },
-}
-
-impl Failure {
-    /// `reason`, with its causes when it is an error.
-    fn new(kind: FailureKind, reason: impl Display) -> Self {
-        Self {
-            kind,
-            reason: format!("{reason:#}"),
-        }
-    }
-
-    fn poison(reason: impl Display) -> Self {
-        Self::new(FailureKind::Poison, reason)
-    }
-
-    fn rejected(reason: impl Display) -> Self {
-        Self::new(FailureKind::Rejected, reason)
-    }
-
-    fn retry(reason: impl Display) -> Self {
-        Self::retry_after(reason, None)
-    }
-
-    /// A store's error: a record that does not read or would be too large can never succeed.
-    fn of_store(error: anyhow::Error) -> Self {
-        if RecordError::of(&error).is_some() {
-            Self::poison(error)
-        } else {
-            Self::retry(error)
-        }
-    }
-
-    fn retry_after(reason: impl Display, retry_after: Option<Duration>) -> Self {
-        Self::new(FailureKind::Retry { retry_after }, reason)
-    }
-
-    /// `held_back`: the later messages of the call, which fail with this one to keep the order;
-    /// `hidden_for`: how long they all stay away.
-    fn log(&self, message: &SqsMessage, held_back: usize, hidden_for: Option<Duration>) {
-        let attribute = |name: &str| {
-            message
-                .attributes
-                .get(name)
-                .map_or("", String::as_str)
-                .to_owned()
-        };
-        let message_id = message.message_id.as_deref().unwrap_or_default();
-        let group = attribute("MessageGroupId");
-        let receive_count = attribute("ApproximateReceiveCount");
-        let reason = &self.reason;
-        match self.kind {
-            FailureKind::Poison => tracing::error!(
-                message_id,
-                group,
-                receive_count,
-                held_back,
-                reason,
-                "the message can never be processed: it and the call's messages behind it go to the dead-letter queue"
-            ),
-            FailureKind::Rejected => tracing::error!(
-                message_id,
-                group,
-                receive_count,
-                held_back,
-                reason,
-                "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
-            ),
-            FailureKind::Retry { .. } => tracing::warn!(
-                message_id,
-                group,
-                receive_count,
-                held_back,
-                reason,
-                comes_back_in_s = hidden_for.map(|wait| wait.as_secs()),
-                "the message comes back after the retry schedule's wait"
-            ),
-        }
+/// Logs why `message` did not go through. `held_back`: the later messages of the call, which
+/// fail with it to keep the order; `hidden_for`: how long they all stay away.
+fn log_failure(
+    failure: &Failure,
+    message: &SqsMessage,
+    held_back: usize,
+    hidden_for: Option<Duration>,
+) {
+    let attribute = |name: &str| {
+        message
+            .attributes
+            .get(name)
+            .map_or("", String::as_str)
+            .to_owned()
+    };
+    let message_id = message.message_id.as_deref().unwrap_or_default();
+    let group = attribute("MessageGroupId");
+    let receive_count = attribute("ApproximateReceiveCount");
+    let reason = failure.reason();
+    match failure {
+        Failure::Poison { .. } => tracing::error!(
+            message_id,
+            group,
+            receive_count,
+            held_back,
+            reason,
+            "the message can never be processed: it and the call's messages behind it go to the dead-letter queue"
+        ),
+        Failure::Park { .. } => tracing::error!(
+            message_id,
+            group,
+            receive_count,
+            held_back,
+            reason,
+            "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
+        ),
+        Failure::Retry { .. } => tracing::warn!(
+            message_id,
+            group,
+            receive_count,
+            held_back,
+            reason,
+            comes_back_in_s = hidden_for.map(|wait| wait.as_secs()),
+            "the message comes back after the retry schedule's wait"
+        ),
     }
 }

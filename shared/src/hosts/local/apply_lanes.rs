@@ -7,10 +7,10 @@ use crate::adapters::clock::SystemClock;
 use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::{QueuedMessage, SqliteStore};
 use crate::domain::event::EventKind;
-use crate::domain::record::{CallKey, RecordError};
+use crate::domain::record::CallKey;
 use crate::engine::apply::{Applied, apply};
-use crate::ports::Clock;
-use crate::ports::{ConnectionDirectory, QueuedWebhook};
+use crate::engine::failure::Failure;
+use crate::ports::{Clock, ConnectionDirectory, QueuedWebhook};
 use crate::telemetry::Telemetry;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -124,17 +124,23 @@ impl Worker {
                     );
                     return;
                 }
-                Err(e) if RecordError::of(&e).is_some() => {
-                    let resource_id = Some(webhook.call().resource_id());
-                    self.set_aside(message.seq, resource_id, format!("{e:#}"))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(seq = message.seq, error = %e, ?pause, "cannot apply a webhook; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_PAUSE);
-                }
+                Err(e) => match Failure::of_store(e) {
+                    Failure::Poison { reason } => {
+                        let resource_id = Some(webhook.call().resource_id());
+                        self.set_aside(message.seq, resource_id, reason).await;
+                        return;
+                    }
+                    failure => {
+                        tracing::error!(
+                            seq = message.seq,
+                            error = failure.reason(),
+                            ?pause,
+                            "cannot apply a webhook; trying again"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_PAUSE);
+                    }
+                },
             }
         }
     }

@@ -6,13 +6,11 @@
 use super::Settings;
 use crate::adapters::clock::SystemClock;
 use crate::adapters::sqlite::{ParkedDelivery, SqliteStore};
-use crate::domain::connection::Connection;
-use crate::domain::record::{CallKey, CallRecord, Delivery, RecordError};
-use crate::engine::deliver::{Pushed, RetryPolicy, push_outbox};
-use crate::ports::Clock;
-use crate::ports::{CallStore, ConnectionDirectory, Crm, DeliveryOutcome, StoreError, Version};
+use crate::domain::record::{CallKey, Delivery, RecordError};
+use crate::engine::deliver::{RetryPolicy, deliver_outbox};
+use crate::engine::failure::Failure;
+use crate::ports::{CallStore, Clock, ConnectionDirectory, Crm};
 use crate::telemetry::Telemetry;
-use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +20,6 @@ use tokio::time::MissedTickBehavior;
 
 /// Requests to the CRM at once, over all calls.
 const MAX_IN_FLIGHT: usize = 64;
-/// Saves retried when the worker changed the call meanwhile.
-const MAX_CONFLICTS: usize = 16;
 
 pub(super) struct Deliverer {
     store: Arc<SqliteStore>,
@@ -115,105 +111,55 @@ impl Deliverer {
             return Ok(());
         }
         let mut attempts = Attempts::default();
-        let mut current = self.store.load(call).await?;
-        while let Some((record, version)) = current {
+        let mut current = self.store.load(call).await?.map(|(record, _)| record);
+        while let Some(record) = current {
             if record.outbox.is_empty() {
                 return Ok(());
             }
-            let pushed = self.push(&connection, call, &record.outbox).await?;
-            let (record, version) = match pushed.delivered_up_to {
-                Some(revision) => {
-                    tracing::debug!(resource_id = %record.resource_id, revision, "delivered");
-                    self.rewrite(record, version, |r| r.mark_delivered(revision))
-                        .await?
-                }
-                None => (record, version),
+            let delivered = {
+                let _permit = self.in_flight.acquire().await?;
+                deliver_outbox(
+                    &*self.crm,
+                    &*self.store,
+                    &SystemClock,
+                    &connection,
+                    record,
+                    0,
+                    &self.telemetry,
+                )
+                .await?
             };
-            current = match pushed.stopped_at {
-                None => Some((record, version)),
-                Some((delivery, DeliveryOutcome::Reject { status, .. }))
-                    if record.erased_at.is_some() =>
-                {
-                    tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
-                    let revision = delivery.revision;
-                    Some(
-                        self.rewrite(record, version, |r| {
-                            r.drop_refused(revision);
-                        })
-                        .await?,
-                    )
-                }
-                Some((delivery, outcome)) => match self
-                    .after_failure(&delivery, outcome, &mut attempts)
-                    .await?
-                {
-                    Next::RetryAfter(wait) => {
-                        tokio::time::sleep(wait).await;
-                        self.store.load(call).await?
+            if let Some(revision) = delivered.up_to {
+                tracing::debug!(resource_id = %delivered.record.resource_id, revision, "delivered");
+            }
+            current = match delivered.stopped {
+                None => Some(delivered.record),
+                Some((delivery, failure)) => {
+                    match self
+                        .after_failure(&delivery, failure, &mut attempts)
+                        .await?
+                    {
+                        Next::RetryAfter(wait) => {
+                            tokio::time::sleep(wait).await;
+                            self.store.load(call).await?.map(|(record, _)| record)
+                        }
+                        Next::Parked => return Ok(()),
                     }
-                    Next::Parked => return Ok(()),
-                },
+                }
             };
         }
         Ok(())
-    }
-
-    async fn push(
-        &self,
-        connection: &Connection,
-        call: &CallKey,
-        outbox: &[Delivery],
-    ) -> anyhow::Result<Pushed> {
-        let _permit = self.in_flight.acquire().await?;
-        Ok(push_outbox(
-            &*self.crm,
-            &*self.store,
-            connection,
-            call,
-            outbox,
-            &self.telemetry,
-        )
-        .await)
-    }
-
-    /// Changes the outbox (takes out what the CRM took, or what it refused of an erased call)
-    /// over whatever the worker added since.
-    async fn rewrite(
-        &self,
-        mut record: CallRecord,
-        mut version: Version,
-        change: impl Fn(&mut CallRecord),
-    ) -> anyhow::Result<(CallRecord, Version)> {
-        for _ in 0..MAX_CONFLICTS {
-            change(&mut record);
-            match self.store.save(&record, Some(version)).await {
-                Ok(saved) => return Ok((record, saved)),
-                Err(StoreError::Conflict) => {
-                    (record, version) = self
-                        .store
-                        .load(&record.key)
-                        .await?
-                        .context("the call's record disappeared")?;
-                }
-                Err(StoreError::Other(e)) => return Err(e),
-            }
-        }
-        anyhow::bail!(
-            "call {} kept changing under us ({MAX_CONFLICTS} conflicts)",
-            record.key.to_path()
-        )
     }
 
     /// Waits on the retry policy, or parks the delivery with the CRM's answer.
     async fn after_failure(
         &self,
         delivery: &Delivery,
-        outcome: DeliveryOutcome,
+        failure: Failure,
         attempts: &mut Attempts,
     ) -> anyhow::Result<Next> {
-        let (reason, crm_status, crm_answer) = match outcome {
-            DeliveryOutcome::Delivered => return Ok(Next::RetryAfter(Duration::ZERO)),
-            DeliveryOutcome::Retry {
+        let (reason, crm_status, crm_answer) = match failure {
+            Failure::Retry {
                 reason,
                 retry_after,
             } => {
@@ -229,12 +175,12 @@ impl Deliverer {
                     None,
                 )
             }
-            DeliveryOutcome::Reject { status, body } => (
-                format!("the CRM refused it (HTTP {status})"),
-                Some(status),
-                Some(body),
-            ),
-            DeliveryOutcome::Uncertain { reason } => (reason, None, None),
+            Failure::Park {
+                reason,
+                crm_status,
+                crm_answer,
+            } => (reason, crm_status, crm_answer),
+            Failure::Poison { reason } => (reason, None, None),
         };
         tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, "delivery parked; the call's later deliveries wait behind it (`callbridge deliveries retry` sends it again)");
         self.store

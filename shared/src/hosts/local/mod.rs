@@ -2,7 +2,7 @@
 //!
 //! Ingest (the HTTP server) queues webhooks in the store. A worker task reads the queue in
 //! order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
-//! pushes each call's outbox to the CRM with [`crate::engine::deliver::push_outbox`],
+//! delivers each call's outbox to the CRM with [`crate::engine::deliver::deliver_outbox`],
 //! retrying on the [`RetryPolicy`] and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
 //! store every [`Settings::poll_interval`], which is how they pick up what a previous run left
