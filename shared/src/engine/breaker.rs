@@ -62,7 +62,9 @@ pub struct BreakerSettings {
 
 impl Default for BreakerSettings {
     /// 5 failures in a row: with the first retries 0.25–2 s apart, one failing call opens it
-    /// within about 4 s, and five unrelated calls failing are unlikely to be chance. A probe
+    /// within about 4 s, and five unrelated calls failing are unlikely to be chance (a lone call
+    /// failing on a quiet destination may open it too; the next probe, likely another call's,
+    /// closes it within 30 s). A probe
     /// every 30 s: the figure; locally a recovered CRM hears from everyone waiting
     /// within half a minute.
     fn default() -> Self {

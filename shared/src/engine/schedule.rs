@@ -21,7 +21,7 @@ use std::time::Duration;
 ///
 /// The cap of 5 minutes: a CRM that recovers while the breaker stays closed (only some calls
 /// failed) hears from every waiting call within 5 minutes, and 5 minutes are still long enough
-/// that a call waiting out a 72-hour outage costs at most 12 requests an hour (and none while
+/// that a call waiting out a 72-hour outage costs 12 to 24 requests an hour (and none while
 /// the breaker is open: [`super::breaker`] holds them and probes every 30 s, so after an outage
 /// that opened it the wait is bounded by the probe, not by this cap).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
