@@ -700,6 +700,7 @@ mod tests {
             body: json!({"data": {"fields": {"externalNumber": "+3228992675"}}}),
             closed: None,
             received_at: Some(received.unwrap()),
+            attempted: false,
         };
         let took = Duration::from_millis(20);
         let lines = json_lines(|| {

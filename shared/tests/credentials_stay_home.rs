@@ -96,6 +96,7 @@ fn delivery() -> Delivery {
         body: json!({"externalNumber": "+3228992675"}),
         received_at: None,
         closed: None,
+        attempted: false,
     }
 }
 

@@ -121,6 +121,7 @@ mod tests {
             body: json!({ "type": "telephonyCall::updated" }),
             closed: None,
             received_at: None,
+            attempted: false,
         };
 
         assert_eq!(

@@ -91,6 +91,11 @@ pub struct Delivery {
     /// by the worker, which knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<Timestamp>,
+    /// Whether it was ever sent: the CRM may have applied it, so it keeps its key and body and
+    /// is never superseded ([`CallRecord::outbox_to_send`]). Left out while false, so records
+    /// stored before it read and write the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attempted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -359,8 +364,47 @@ impl CallRecord {
             body: envelope(event, &self.resource_id, &call),
             closed: None,
             received_at: None,
+            attempted: false,
         });
         self.resource = Some(call);
+    }
+
+    /// What of the outbox to send, oldest first: catch-up without a flood. An `updated` never
+    /// attempted is superseded by a later `updated` in the outbox, since every Morph event
+    /// carries the whole resource (`data.fields` in full, not the fields that changed), so the
+    /// later one's body is all the CRM needs. Kept are: every attempted revision (the CRM may
+    /// have applied it: same key, same body), the `created` (the CRM hears of the call
+    /// before any update of it), every `deleted` (which closes the call, in REST mode with
+    /// fields of its own), and the latest `updated`. Revisions stay in order; once the CRM
+    /// takes a later revision, [`CallRecord::mark_delivered`] drops the superseded ones too.
+    pub fn outbox_to_send(&self) -> Vec<&Delivery> {
+        let latest_update = self
+            .outbox
+            .iter()
+            .rposition(|d| d.event == MorphEventType::Updated);
+        self.outbox
+            .iter()
+            .enumerate()
+            .filter(|&(i, d)| {
+                d.attempted || d.event != MorphEventType::Updated || Some(i) == latest_update
+            })
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    /// Records that `revision` was sent (before its answer is known, or with a failure): from
+    /// now on it is never superseded. Returns whether the record changed. A host marks it in
+    /// the write that records the failed attempt; a crash between the request and that write
+    /// leaves it unmarked, and at worst a later revision supersedes it, whose body holds the
+    /// whole resource anyway.
+    pub fn mark_attempted(&mut self, revision: u64) -> bool {
+        match self.outbox.iter_mut().find(|d| d.revision == revision) {
+            Some(delivery) if !delivery.attempted => {
+                delivery.attempted = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Records that the CRM took every revision up to `revision`. An erased call forgets what
@@ -426,6 +470,116 @@ mod tests {
             record.refresh(connection);
         }
         record
+    }
+
+    /// A member's leg shown from its ringing (`every_member`): created when it rings, updated
+    /// when answered and when hung up, then updated again when the caller's contact is known.
+    fn four_revisions() -> CallRecord {
+        let every = connection(r#"queue_calls = "every_member""#);
+        let mut record = run(
+            &every,
+            &[
+                ("RINGING", "1765290000000000"),
+                ("ACTIVE", "1765290008500000"),
+                ("HANGUP", "1765290060750000"),
+            ],
+        );
+        record.add_contact_lookup("+3228992675", Some("ctc_caller"));
+        assert!(record.refresh(&every));
+        assert_eq!(
+            events_of(&record),
+            [
+                MorphEventType::Created,
+                MorphEventType::Updated,
+                MorphEventType::Updated,
+                MorphEventType::Updated
+            ]
+        );
+        record
+    }
+
+    fn revisions(sent: &[&Delivery]) -> Vec<u64> {
+        sent.iter().map(|d| d.revision).collect()
+    }
+
+    /// Morph's `telephonyCall::updated` carries the whole resource (the same `data.fields` as
+    /// `created`: direction, status, startedAt, endedAt, answeredAt, duration, users,
+    /// contacts, numbers), so one update holds all the intermediate ones did.
+    #[test]
+    fn a_call_never_attempted_sends_its_created_and_then_only_its_latest_state() {
+        let record = four_revisions();
+        let sent = record.outbox_to_send();
+        assert_eq!(revisions(&sent), [1, 4]);
+        assert_eq!(sent[0].body["event"], "telephonyCall::created");
+        let latest = &sent[1].body["data"]["fields"];
+        assert_eq!(sent[1].body["event"], "telephonyCall::updated");
+        assert_eq!(latest["status"], "completed");
+        assert_eq!(latest["answeredAt"], "2025-12-09T14:20:08.500Z");
+        assert_eq!(latest["endedAt"], "2025-12-09T14:21:00.750Z");
+        assert_eq!(latest["duration"], 52);
+        assert_eq!(latest["contacts"][0]["id"], "ctc_caller");
+        assert_eq!(latest["users"][0]["id"], "usr_john");
+        assert_eq!(latest["direction"], "inbound");
+        assert_eq!(
+            sent[1].idempotency_key,
+            format!("{}-r4", record.resource_id)
+        );
+    }
+
+    #[test]
+    fn an_attempted_revision_is_sent_again_with_its_own_key_and_body() {
+        let mut record = four_revisions();
+        let before = record.outbox.clone();
+        assert!(record.mark_attempted(1));
+        assert!(record.mark_attempted(2));
+        assert!(!record.mark_attempted(2), "marked once");
+        assert!(!record.mark_attempted(9), "no such revision");
+        let sent = record.outbox_to_send();
+        assert_eq!(revisions(&sent), [1, 2, 4]);
+        for (sent, stored) in sent.iter().zip([&before[0], &before[1]]) {
+            assert_eq!(sent.idempotency_key, stored.idempotency_key);
+            assert_eq!(sent.body, stored.body);
+        }
+    }
+
+    #[test]
+    fn a_deletion_is_never_superseded_and_the_latest_update_goes_before_it() {
+        let mut record = four_revisions();
+        record.mark_delivered(1);
+        assert!(record.delete());
+        let sent = record.outbox_to_send();
+        assert_eq!(revisions(&sent), [4, 5]);
+        assert_eq!(sent[1].body["event"], "telephonyCall::deleted");
+        assert_eq!(
+            sent[1].body["data"]["fields"],
+            sent[0].body["data"]["fields"]
+        );
+    }
+
+    #[test]
+    fn the_latest_taken_drops_the_superseded_ones() {
+        let mut record = four_revisions();
+        record.mark_delivered(1);
+        record.mark_delivered(4);
+        assert!(record.outbox.is_empty());
+        assert_eq!(record.delivered_revision(), 4);
+    }
+
+    #[test]
+    fn the_attempted_mark_is_left_out_while_unset_and_read_as_unset_when_absent() {
+        let mut record = four_revisions();
+        let stored = serde_json::to_value(&record.outbox[0]).unwrap();
+        assert!(stored.get("attempted").is_none());
+        let read: Delivery = serde_json::from_value(stored).unwrap();
+        assert!(!read.attempted);
+        record.mark_attempted(1);
+        let marked = serde_json::to_value(&record.outbox[0]).unwrap();
+        assert_eq!(marked["attempted"], true);
+        assert!(
+            serde_json::from_value::<Delivery>(marked)
+                .unwrap()
+                .attempted
+        );
     }
 
     #[test]

@@ -254,6 +254,7 @@ mod tests {
             }),
             closed: None,
             received_at: None,
+            attempted: false,
         }
     }
 

@@ -3,10 +3,13 @@
 
 pub mod activation;
 pub mod apply;
+pub mod breaker;
 pub mod contacts;
 pub mod crash;
 pub mod deliver;
 pub mod failure;
 pub mod ingest;
+pub mod rate_limit;
 pub mod rest_delivery;
+pub mod schedule;
 pub mod signature;

@@ -1008,6 +1008,7 @@ mod tests {
             body: serde_json::json!({}),
             closed: None,
             received_at: None,
+            attempted: false,
         });
         store.save(&record, None).await.unwrap();
         assert_eq!(store.undelivered_calls().await.unwrap(), [key("c1")]);
