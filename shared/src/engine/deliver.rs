@@ -249,6 +249,7 @@ mod tests {
                 body: serde_json::Value::Null,
                 closed: None,
                 received_at: None,
+                attempted: false,
             });
         }
         store.save(&record, None).await.unwrap();

@@ -114,6 +114,7 @@ mod tests {
             body: serde_json::Value::Null,
             closed: None,
             received_at: None,
+            attempted: false,
         }
     }
 
