@@ -304,3 +304,22 @@ fn describe(e: &reqwest::Error) -> String {
         format!("request failed: {e}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11's list: 408, 425, 429 (and 409, whose event form means "taken") and every 5xx
+    /// are retried; every other 4xx is parked at once.
+    #[test]
+    fn only_the_answers_a_retry_can_fix_are_retried() {
+        for retried in [408, 409, 425, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(retried).unwrap();
+            assert!(!is_permanent(status), "{retried} is retried");
+        }
+        for parked in [400, 401, 403, 404, 405, 410, 413, 415, 422, 451] {
+            let status = StatusCode::from_u16(parked).unwrap();
+            assert!(is_permanent(status), "{parked} is parked");
+        }
+    }
+}
