@@ -4,31 +4,24 @@
 //! standard output stays clean).
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::State;
+use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::adapters::config_directory::ConfigDirectory;
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
-use callbridge_shared::domain::event::Provider;
-use callbridge_shared::engine::activation::{
-    Action, ActivationRequest, WithActivatedUsers, activation,
-};
-use callbridge_shared::engine::ingest::{
-    self, MAX_BODY_BYTES, Rejection, SignatureHeaders, WebhookRequest,
-};
+use callbridge_shared::engine::activation::WithActivatedUsers;
+use callbridge_shared::engine::ingest::Rejection;
 use callbridge_shared::hosts::local::{self, LocalRuntime, Settings};
-use callbridge_shared::ports::Clock;
+use callbridge_shared::http::{self, FrontDoor, Mount, allowing, refusal};
 use callbridge_shared::telemetry::{InMemoryMetrics, LogFormat, Telemetry, init_logging};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -36,8 +29,6 @@ use tokio::task::JoinSet;
 /// A request whose head has not arrived within this is dropped with its connection: a slow
 /// sender holds no connection for long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request whose body has not arrived within this, once its head has, is answered 408.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -155,180 +146,21 @@ struct Server {
     metrics: Arc<InMemoryMetrics>,
 }
 
+/// The front door over the embedded store, with the local server's own routes.
 fn router(server: Server) -> Router {
-    Router::new()
-        .route("/webhooks/{provider}/{connection_id}", any(webhook))
-        .route(
-            "/telsmart/{connection_id}/{action}",
-            any(telsmart_activation),
-        )
-        .route("/health", get(health).fallback(get_only))
-        .route("/metrics", get(metrics).fallback(get_only))
-        .fallback(not_found)
-        // Over the limit axum stops reading; `webhook` answers with our own 413.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(server)
-}
-
-async fn webhook(
-    State(server): State<Server>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    let Ok(Path((provider, connection_id))) = path else {
-        return not_found(method, uri).await;
+    let door = FrontDoor {
+        connections: Arc::clone(&server.connections) as _,
+        queue: Arc::clone(&server.store) as _,
+        users: Some(Arc::clone(&server.store) as _),
+        clock: Arc::new(SystemClock),
+        telemetry: server.telemetry.clone(),
     };
-    let started = Instant::now();
-    let refused = |rejection: Rejection| {
-        server.telemetry.webhook(
-            &provider,
-            &connection_id,
-            Err(&rejection),
-            started.elapsed(),
-        );
-        let allow = if provider == Provider::Telecmi.as_str() {
-            "GET, POST"
-        } else {
-            "POST"
-        };
-        allowing(refusal(&rejection), allow)
-    };
-    let body = match read_body(request).await {
-        Ok(body) => body,
-        Err(rejection) => return refused(rejection),
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let request = WebhookRequest {
-        provider: &provider,
-        connection_id: &connection_id,
-        method: method.as_str(),
-        authorization: header(header::AUTHORIZATION.as_str()),
-        query: uri.query(),
-        content_type: header(header::CONTENT_TYPE.as_str()),
-        body: &body,
-        signature: SignatureHeaders::from_lookup(header),
-    };
-    match ingest::ingest(
-        &request,
-        &*server.connections,
-        &*server.store,
-        SystemClock.now(),
+    http::router(door, Mount::Every).merge(
+        Router::new()
+            .route("/health", get(health).fallback(get_only))
+            .route("/metrics", get(metrics).fallback(get_only))
+            .with_state(server),
     )
-    .await
-    {
-        Ok(accepted) => {
-            server
-                .telemetry
-                .webhook(&provider, &connection_id, Ok(&accepted), started.elapsed());
-            (StatusCode::ACCEPTED, Json(accepted)).into_response()
-        }
-        Err(rejection) => refused(rejection),
-    }
-}
-
-/// Telsmart's onboarding: `POST /telsmart/{connection_id}/activate` or `/deactivate`.
-async fn telsmart_activation(
-    State(server): State<Server>,
-    Path((connection_id, action)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    let Some(action) = Action::from_route(&action) else {
-        return not_found(method, uri).await;
-    };
-    let answer = match read_body(request).await {
-        Err(rejection) => Err(rejection),
-        Ok(body) => {
-            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            let request = ActivationRequest {
-                connection_id: &connection_id,
-                action,
-                method: method.as_str(),
-                authorization: header(header::AUTHORIZATION.as_str()),
-                content_type: header(header::CONTENT_TYPE.as_str()),
-                body: &body,
-            };
-            activation(&request, &*server.connections, &*server.store).await
-        }
-    };
-    match answer {
-        Ok(done) => {
-            tracing::info!(
-                connection = connection_id,
-                status = done.status,
-                user_extension = done.user_extension,
-                "telsmart onboarding"
-            );
-            Json(done).into_response()
-        }
-        Err(rejection) => {
-            tracing::info!(
-                connection = connection_id,
-                status = rejection.status,
-                error = rejection.error,
-                reason = rejection.message,
-                "telsmart onboarding refused"
-            );
-            let mut response = allowing(refusal(&rejection), "POST");
-            if rejection.status == 401 {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"callbridge\""),
-                );
-            }
-            response
-        }
-    }
-}
-
-/// The request's body, if it arrives within [`BODY_READ_TIMEOUT`] and the size limit.
-async fn read_body(request: Request) -> Result<Bytes, Rejection> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &())).await {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(e)) => Err(unreadable_body(&e)),
-        Err(_) => Err(Rejection::new(
-            408,
-            "request_timeout",
-            format!(
-                "the body did not arrive within {} s",
-                BODY_READ_TIMEOUT.as_secs()
-            ),
-        )),
-    }
-}
-
-fn unreadable_body(e: &BytesRejection) -> Rejection {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Rejection::new(
-            413,
-            "payload_too_large",
-            format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
-        )
-    } else {
-        Rejection::new(400, "unreadable_body", e.body_text())
-    }
-}
-
-/// The rejection's status and JSON body.
-fn refusal(rejection: &Rejection) -> Response {
-    let status =
-        StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(rejection.body())).into_response()
-}
-
-/// A 405 says which methods would do.
-fn allowing(mut response: Response, methods: &'static str) -> Response {
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(methods));
-    }
-    response
 }
 
 /// 200 when the store answers, with what it holds: `degraded` while webhooks are set aside
@@ -363,18 +195,6 @@ async fn get_only(method: Method, uri: Uri) -> Response {
         format!("{} answers GET, not {method}", uri.path()),
     );
     allowing(refusal(&rejection), "GET")
-}
-
-async fn not_found(method: Method, uri: Uri) -> Response {
-    let rejection = Rejection::new(
-        404,
-        "not_found",
-        format!(
-            "nothing at {method} {}: webhooks go to /webhooks/<provider>/<connection id>",
-            uri.path()
-        ),
-    );
-    refusal(&rejection)
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the server stops taking requests, answers those it has, and

@@ -18,13 +18,15 @@
 //! - [`ports`]: the small traits the engine talks to (store, queue, CRM, clock, ...).
 //! - [`engine`]: the steps above, written once over the ports.
 //! - [`adapters`]: the I/O behind the ports (SQLite, DynamoDB and SQS, the CRM over HTTP).
-//! - [`hosts`]: what schedules the engine: `hosts::local` (the local server's tasks, feature `local`) and
-//!   `hosts::lambda` (the Lambda handlers, feature `aws`).
+//! - [`http`]: the webhooks' front door, one axum router over the ports that both hosts mount.
+//! - [`hosts`]: what schedules the engine: `hosts::local` (the local server's tasks, feature
+//!   `local`) and `hosts::lambda` (the Lambda handlers, feature `aws`).
 
 pub mod adapters;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod hosts;
+pub mod http;
 pub mod ports;
 pub mod telemetry;

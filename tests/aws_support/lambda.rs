@@ -4,11 +4,12 @@
 //! the batch response does not list as failed.
 
 use super::emulator::{QueueEvent, Resources, Route};
+use axum::Router;
 use callbridge_shared::adapters::aws::aws_sdk_sqs::Client as SqsClient;
 use callbridge_shared::adapters::aws::aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use callbridge_shared::hosts::lambda::aws_lambda_events::encodings::Base64Data;
 use callbridge_shared::hosts::lambda::aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use callbridge_shared::hosts::lambda::lambda_http::{self, Body};
+use callbridge_shared::hosts::lambda::lambda_http::{self, Body, Response, Service};
 use callbridge_shared::hosts::lambda::lambda_runtime::{Context, LambdaEvent};
 use callbridge_shared::hosts::lambda::webhook_function::Ingest;
 use callbridge_shared::hosts::lambda::worker_function::Worker;
@@ -139,10 +140,7 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 pub async fn invoke_ingest(ingest: &Ingest, route: &Route, request: &HttpRequest) -> HttpAnswer {
     let event = api_gateway_event(route, request).to_string();
     let request = lambda_http::request::from_str(&event).expect("lambda_http reads the event");
-    let response = ingest
-        .handle(request)
-        .await
-        .expect("the ingest always answers");
+    let response = run_router(ingest.router(), request).await;
     let body = match response.body() {
         Body::Text(text) => serde_json::from_str(text).expect("a JSON answer"),
         other => panic!("the ingest answered a non-text body: {other:?}"),
@@ -155,6 +153,16 @@ pub async fn invoke_ingest(ingest: &Ingest, route: &Route, request: &HttpRequest
             .map(|v| v.to_str().unwrap().to_string()),
         body,
     }
+}
+
+/// What `lambda_http::run` does with one request: the router answers it, and the answer
+/// becomes the runtime's response.
+pub async fn run_router(mut router: Router, request: lambda_http::Request) -> Response<Body> {
+    let response = match router.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    lambda_http::IntoResponse::into_response(response).await
 }
 
 /// What one batch did.

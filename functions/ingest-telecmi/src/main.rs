@@ -3,11 +3,11 @@
 use callbridge_shared::domain::event::Provider;
 use callbridge_shared::hosts::lambda::webhook_function::Ingest;
 use callbridge_shared::telemetry::{LogFormat, init_logging};
-use lambda_http::{Error, service_fn};
+use lambda_http::Error;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_logging(LogFormat::Json);
     let ingest = Ingest::from_env(Provider::Telecmi).await?;
-    lambda_http::run(service_fn(|request| ingest.handle(request))).await
+    lambda_http::run(ingest.router()).await
 }

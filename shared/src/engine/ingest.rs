@@ -1,6 +1,6 @@
-//! Ingest: one HTTP webhook in, one queued event out, or a clear refusal. The local server and
-//! the ingest Lambdas both translate their HTTP request into a [`WebhookRequest`] and the
-//! answer back, so the routes, the checks and the error bodies are the same everywhere.
+//! Ingest: one HTTP webhook in, one queued event out, or a clear refusal. The front door both
+//! hosts mount ([`crate::http`]) translates a request into a [`WebhookRequest`] and the answer
+//! back; what is accepted, and why not, is decided here.
 
 pub use super::signature::SignatureHeaders;
 use super::signature::{self, SigningKey};
@@ -90,6 +90,15 @@ impl Rejection {
     }
 }
 
+/// The methods `provider`'s webhooks come with, as HTTP's `Allow` header lists them: TeleCMI may
+/// send an event as a GET, in the query string.
+pub fn allowed_methods(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Telecmi => "GET, POST",
+        _ => "POST",
+    }
+}
+
 /// Authenticates, validates and queues one webhook. Nothing refused is queued.
 pub async fn ingest(
     request: &WebhookRequest<'_>,
@@ -123,22 +132,18 @@ pub async fn ingest(
         .ok_or_else(not_found)?;
 
     let method = request.method.to_ascii_uppercase();
-    let from_query = match (method.as_str(), provider) {
-        ("POST", _) => false,
-        ("GET", Provider::Telecmi) => true,
-        _ => {
-            let allowed = if provider == Provider::Telecmi {
-                "GET or POST"
-            } else {
-                "POST"
-            };
-            return Err(Rejection::new(
-                405,
-                "method_not_allowed",
-                format!("{provider} webhooks are sent with {allowed}"),
-            ));
-        }
-    };
+    if !allowed_methods(provider).split(", ").any(|m| m == method) {
+        return Err(Rejection::new(
+            405,
+            "method_not_allowed",
+            format!(
+                "{provider} webhooks are sent with {}",
+                allowed_methods(provider).replace(", ", " or ")
+            ),
+        ));
+    }
+    // TeleCMI's GET carries the event in its query string.
+    let from_query = method == "GET";
 
     // Authenticate before the body is even looked at.
     let query_pairs: Vec<(String, String)> = request
