@@ -6,6 +6,7 @@ mod support;
 
 use callbridge::recorder::{Behaviour, Recorder, summary};
 use callbridge_shared::domain::event::Provider;
+use callbridge_shared::engine::ingest::MAX_BODY_BYTES;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use support::bridge::{Bridge, CrmSettings, Setup};
@@ -163,10 +164,10 @@ async fn every_kind_of_bad_input_is_refused_with_a_json_error_and_reaches_nobody
         None,
     )
     .await;
-    let huge = spoiled(good, &[("padding", json!("x".repeat(300 * 1024)))]);
+    let huge = spoiled(good, &[("padding", json!("x".repeat(MAX_BODY_BYTES)))]);
     expect_refused(
         &bridge,
-        "a body over 256 KiB",
+        "a body over the limit",
         post(&url).json(&huge),
         413,
         None,

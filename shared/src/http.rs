@@ -234,11 +234,7 @@ async fn read_body(request: Request) -> Result<Bytes, Rejection> {
 
 fn unreadable_body(e: &BytesRejection) -> Rejection {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Rejection::new(
-            413,
-            "payload_too_large",
-            format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
-        )
+        Rejection::body_too_large()
     } else {
         Rejection::new(400, "unreadable_body", e.body_text())
     }

@@ -38,7 +38,48 @@ impl QueuedWebhook {
     }
 }
 
+/// Largest queued message, as JSON: the webhook queue's `MaximumMessageSize` in
+/// `template.yaml` (SQS's own maximum, 1 MiB), and the same for the local queue so both hosts
+/// take the same webhooks. The ingest's body limit is derived from it.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+
+/// A webhook whose queued message would be over [`MAX_MESSAGE_BYTES`]: no retry can send it.
+#[derive(Debug, thiserror::Error)]
+#[error("the queued message would be {bytes} bytes, over the queue's limit of {limit} bytes")]
+pub struct MessageTooLarge {
+    pub bytes: usize,
+    pub limit: usize,
+}
+
+impl MessageTooLarge {
+    /// The size refusal behind `error`, if that is what it is.
+    pub fn of(error: &anyhow::Error) -> Option<&MessageTooLarge> {
+        error.chain().find_map(|cause| cause.downcast_ref())
+    }
+}
+
 impl QueuedWebhook {
+    /// The message as a queue carries it, checked against [`MAX_MESSAGE_BYTES`] before it is
+    /// sent, so a queue never refuses it for its size. U+FFFE and U+FFFF, which serde_json
+    /// writes as they are and SQS refuses (it takes only XML's characters), are written as
+    /// JSON escapes: they can only stand inside strings, and read back the same.
+    pub fn to_message(&self) -> Result<String, MessageTooLarge> {
+        let json = serde_json::to_string(self).expect("a queued webhook serialises");
+        let json = if json.contains(['\u{fffe}', '\u{ffff}']) {
+            json.replace('\u{fffe}', "\\ufffe")
+                .replace('\u{ffff}', "\\uffff")
+        } else {
+            json
+        };
+        if json.len() > MAX_MESSAGE_BYTES {
+            return Err(MessageTooLarge {
+                bytes: json.len(),
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        Ok(json)
+    }
+
     /// The call of a queued message, read from its JSON without the payload, so it is found
     /// even in a message that does not read whole (nested too deep by an older version): to
     /// set it aside with its call, and to purge it when the call is erased.

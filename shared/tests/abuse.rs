@@ -257,7 +257,11 @@ fn oversized_bodies_are_413() {
         let token = self::token(provider);
         let r = refused(&request(provider, &token, &over));
         assert_eq!((r.status, r.error), (413, "payload_too_large"));
-        assert!(r.message.contains("256 KiB"), "{}", r.message);
+        assert!(
+            r.message.contains(&MAX_BODY_BYTES.to_string()),
+            "{}",
+            r.message
+        );
         // Whatever it claims to be.
         let mut form = request(provider, &token, &over);
         form.content_type = Some("application/x-www-form-urlencoded");

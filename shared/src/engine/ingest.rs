@@ -7,12 +7,22 @@ use super::signature::{self, SigningKey};
 use crate::domain::event::{EventKind, Provider};
 use crate::domain::providers::{self, ParseError};
 use crate::domain::time::Timestamp;
-use crate::ports::{ConnectionDirectory, Queue, QueuedWebhook};
+use crate::ports::{ConnectionDirectory, MAX_MESSAGE_BYTES, MessageTooLarge, Queue, QueuedWebhook};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// Larger bodies are refused with 413; the largest real webhook (a Telsmart summary) is a few KiB.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The queued message holds the payload again (re-serialised) beside the envelope: the
+/// connection id, the time and the parsed event, which copies some of the payload's fields
+/// (a summary of up to [`MAX_SUMMARY_BYTES`]). The allowance covers that summary and 8 KiB for
+/// the rest (about 600 bytes on a real Telsmart webhook):
+/// 1,048,576 - (32,768 + 8,192) = 1,007,616 bytes (984 KiB).
+/// A body within it whose message still does not fit (escapes that grow when re-serialised,
+/// large copied fields) is refused with 413 when it is queued ([`MessageTooLarge`]).
+pub const MAX_BODY_BYTES: usize = MAX_MESSAGE_BYTES - ENVELOPE_ALLOWANCE_BYTES;
+
+/// What the queued message may add to the body: see [`MAX_BODY_BYTES`].
+const ENVELOPE_ALLOWANCE_BYTES: usize = MAX_SUMMARY_BYTES + 8 * 1024;
 
 /// Deepest nesting of a payload, its top object being level 1. The queued message and the call
 /// record wrap a payload (and the Telsmart summary it carries) a dozen levels deeper, and
@@ -83,6 +93,15 @@ impl Rejection {
             message: e.to_string(),
             field: e.field,
         }
+    }
+
+    /// A body over [`MAX_BODY_BYTES`], whichever HTTP stack noticed it.
+    pub fn body_too_large() -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("the body is over the limit of {MAX_BODY_BYTES} bytes"),
+        )
     }
 
     pub fn body(&self) -> Value {
@@ -228,10 +247,21 @@ pub async fn ingest(
         event: webhook.event,
         raw: payload,
     };
-    queue.enqueue(&queued).await.map_err(|e| {
-        tracing::error!(error = %e, "queue unavailable");
-        Rejection::new(503, "unavailable", "the queue is unavailable, retry later")
-    })?;
+    queue
+        .enqueue(&queued)
+        .await
+        .map_err(|e| match MessageTooLarge::of(&e) {
+            // No retry can make it fit: the sender must know, and nothing went wrong here.
+            Some(too_large) => Rejection::new(
+                413,
+                "payload_too_large",
+                format!("the webhook does not fit in the queue: {too_large}"),
+            ),
+            None => {
+                tracing::error!(error = %e, "queue unavailable");
+                Rejection::new(503, "unavailable", "the queue is unavailable, retry later")
+            }
+        })?;
     Ok(Accepted {
         status: "accepted",
         event_id: queued.event.id.clone(),
@@ -256,7 +286,7 @@ fn verify_signature(
         ));
     }
     if request.body.len() > MAX_BODY_BYTES {
-        return Err(too_large());
+        return Err(Rejection::body_too_large());
     }
     let key = SigningKey::parse(secret).map_err(|e| {
         tracing::error!(connection = request.connection_id, error = %e, "unusable signing secret");
@@ -267,14 +297,6 @@ fn verify_signature(
         )
     })?;
     signature::verify(&key, &request.signature, request.body, received_at)
-}
-
-fn too_large() -> Rejection {
-    Rejection::new(
-        413,
-        "payload_too_large",
-        format!("the body is over {} KiB", MAX_BODY_BYTES / 1024),
-    )
 }
 
 fn bearer_token(authorization: Option<&str>) -> Option<&str> {
@@ -293,7 +315,7 @@ fn object_of_pairs(pairs: impl Iterator<Item = (String, String)>) -> Value {
 
 fn read_body(request: &WebhookRequest<'_>) -> Result<Value, Rejection> {
     if request.body.len() > MAX_BODY_BYTES {
-        return Err(too_large());
+        return Err(Rejection::body_too_large());
     }
     let media_type = request.content_type.map(|c| {
         c.split(';')

@@ -476,7 +476,7 @@ impl SqliteStore {
 #[async_trait]
 impl Queue for SqliteStore {
     async fn enqueue(&self, webhook: &QueuedWebhook) -> anyhow::Result<()> {
-        let json = serde_json::to_string(webhook)?;
+        let json = webhook.to_message()?;
         self.writer
             .write(move |c| {
                 c.prepare_cached("INSERT INTO queue (webhook) VALUES (?1)")?
