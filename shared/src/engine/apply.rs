@@ -238,8 +238,8 @@ async fn update(
             if !change(record) {
                 return false;
             }
-            for emitted in record.outbox.iter_mut().filter(|d| d.received_at.is_none()) {
-                emitted.received_at = Some(received_at);
+            for revision in record.outbox.iter_mut().filter(|d| d.received_at.is_none()) {
+                revision.received_at = Some(received_at);
             }
             emitted = record.outbox.len() > outbox_before;
             true
