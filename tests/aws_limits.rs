@@ -196,8 +196,8 @@ async fn on_aws_the_largest_body_is_queued_and_one_byte_more_is_413() {
 /// tells it apart (the ingest answers 413) from an outage (503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_refusing_a_message_for_its_size_is_not_an_outage() {
-    let emulator = emulator::emulator();
-    let aws = emulator::sdk_config(emulator.endpoint(), "eu-west-1").await;
+    // A stack of its own, for its wait until the emulator answers; its CRM is never called.
+    let (_, aws) = emulator::create_stack("limits-small", "http://127.0.0.1:9").await;
     let sqs = SqsClient::new(&aws);
     let small = sqs
         .create_queue()
