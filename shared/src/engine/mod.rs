@@ -7,5 +7,6 @@ pub mod contacts;
 pub mod crash;
 pub mod deliver;
 pub mod ingest;
+pub mod observe;
 pub mod rest_delivery;
 pub mod signature;
