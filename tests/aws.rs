@@ -470,6 +470,31 @@ async fn poison_messages_are_parked_in_the_dead_letter_queue_at_once() {
     assert_no_stranger(std::slice::from_ref(healthy), &recorder.events());
 }
 
+/// A cold worker whose first batch holds calls of one connection reads it once, though the
+/// batch's calls (one message group each) ask for it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_its_connection_once() {
+    let calls: Vec<Scenario> = scenario::all()
+        .into_iter()
+        .filter(|s| s.provider == Provider::Telecmi && s.expected.calls.len() == 1)
+        .take(4)
+        .map(|s| s.on("telecmi-one-read"))
+        .collect();
+    assert_eq!(calls.len(), 4, "four one-call TeleCMI scenarios");
+    let mut copies = copies_of(&calls);
+    copies.dedup();
+    let recorder = recorder().await;
+    let bridge = AwsBridge::start("one-read", &recorder.url(), &copies).await;
+    for s in &calls {
+        bridge.post_scenario(s, [0]).await;
+    }
+    let worker = bridge.worker();
+    let batch = bridge.source.poll(&worker).await;
+    assert_eq!(batch.received.len(), calls.len(), "one batch of four calls");
+    no_failures(&[batch]);
+    assert_eq!(worker.usage().connection_reads, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_per_event_are_counted() {
     let s = one_call_one_revision_per_webhook();

@@ -7,6 +7,7 @@ mod support;
 
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use support::bridge::{Bridge, CrmSettings, Sender, Setup};
@@ -54,13 +55,26 @@ async fn show(config: &Path, resource_id: &str) -> Value {
         .expect("calls show prints JSON")
 }
 
-async fn metrics(bridge: &Sender) -> Value {
+/// `GET /metrics`' samples by series, as the Prometheus text format writes them
+/// (`Name{Label="value",...} value`).
+async fn metrics(bridge: &Sender) -> BTreeMap<String, f64> {
     let url = bridge
         .webhook_url("x", "y")
         .replace("/webhooks/x/y", "/metrics");
     let answer = bridge.client().get(url).send().await.expect("GET /metrics");
     assert_eq!(answer.status(), 200);
-    answer.json().await.expect("JSON metrics")
+    assert_eq!(
+        answer.headers()["content-type"],
+        "text/plain; version=0.0.4"
+    );
+    let text = answer.text().await.expect("the metrics' text");
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a series and its value");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
 }
 
 fn applied(events: &[RecordedEvent]) -> Vec<&RecordedEvent> {
@@ -73,6 +87,22 @@ async fn every_webhook_and_delivery_is_logged_and_counted() {
     let recorder = recorder(Behaviour::default()).await;
     let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
     let bridge = Bridge::start(&setup).await;
+
+    // A scraper sees the counters before the first webhook.
+    let at_start = metrics(&bridge).await;
+    for series in [
+        "WebhooksAccepted{Provider=\"telsmart\"}",
+        "EventsApplied{Provider=\"voys\"}",
+        "Deliveries{Outcome=\"delivered\"}",
+        "Retries",
+        "DeliveriesParked",
+    ] {
+        assert_eq!(
+            at_start.get(series),
+            Some(&0.0),
+            "{series} in {at_start:#?}"
+        );
+    }
 
     bridge.post_in_file_order(&s).await;
     let refused = bridge
@@ -101,18 +131,22 @@ async fn every_webhook_and_delivery_is_logged_and_counted() {
 
     let counted = metrics(&bridge).await;
     for (series, expected) in [
-        ("WebhooksAccepted{Provider=telsmart}", 4.0),
+        ("WebhooksAccepted{Provider=\"telsmart\"}", 4.0),
         (
-            "WebhooksRejected{Provider=telsmart,Reason=unauthorized}",
+            "WebhooksRejected{Provider=\"telsmart\",Reason=\"unauthorized\"}",
             1.0,
         ),
-        ("EventsApplied{Provider=telsmart}", 3.0),
-        ("EventsDeduplicated{Provider=telsmart}", 1.0),
-        ("Deliveries{Outcome=delivered}", 3.0),
+        ("EventsApplied{Provider=\"telsmart\"}", 3.0),
+        ("EventsDeduplicated{Provider=\"telsmart\"}", 1.0),
+        ("Deliveries{Outcome=\"delivered\"}", 3.0),
+        ("DeliveryLatency_count", 3.0),
     ] {
-        assert_eq!(counted[series], expected, "{series} in {counted:#}");
+        assert_eq!(
+            counted.get(series),
+            Some(&expected),
+            "{series} in {counted:#?}"
+        );
     }
-    assert_eq!(counted["DeliveryLatency"]["count"], 3, "{counted:#}");
 
     let logs = bridge.output();
     let call_key = s.expected.calls.keys().next().expect("a call");

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::{Method, Uri};
+use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,7 +17,8 @@ use callbridge_shared::engine::activation::WithActivatedUsers;
 use callbridge_shared::engine::ingest::Rejection;
 use callbridge_shared::hosts::local::{self, LocalRuntime, Settings};
 use callbridge_shared::http::{self, FrontDoor, Mount, allowing, refusal};
-use callbridge_shared::telemetry::{InMemoryMetrics, LogFormat, Telemetry, init_logging};
+use callbridge_shared::telemetry::prometheus::CONTENT_TYPE;
+use callbridge_shared::telemetry::{LogFormat, PrometheusMetrics, Telemetry, init_logging};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
-    let metrics = Arc::new(InMemoryMetrics::default());
+    let metrics = Arc::new(PrometheusMetrics::new());
     let telemetry = Telemetry::new(Arc::clone(&metrics) as _);
     // The runtime sees the users activated through Telsmart's onboarding too.
     let with_activated =
@@ -143,7 +144,7 @@ struct Server {
     connections: Arc<ConfigDirectory>,
     telemetry: Telemetry,
     /// What `telemetry` counted, for `GET /metrics`.
-    metrics: Arc<InMemoryMetrics>,
+    metrics: Arc<PrometheusMetrics>,
 }
 
 /// The front door over the embedded store, with the local server's own routes.
@@ -183,9 +184,14 @@ async fn health(State(server): State<Server>) -> Response {
     }
 }
 
-/// What the server counted since it started (see `callbridge_shared::telemetry`).
+/// What the server counted since it started, in the Prometheus text format (see
+/// `callbridge_shared::telemetry`).
 async fn metrics(State(server): State<Server>) -> Response {
-    Json(server.metrics.to_json()).into_response()
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        server.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn get_only(method: Method, uri: Uri) -> Response {

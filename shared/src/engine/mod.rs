@@ -9,6 +9,7 @@ pub mod crash;
 pub mod deliver;
 pub mod failure;
 pub mod ingest;
+pub mod observe;
 pub mod rate_limit;
 pub mod rest_delivery;
 pub mod schedule;

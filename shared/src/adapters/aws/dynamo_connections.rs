@@ -4,7 +4,7 @@
 //! never use them, read the item without them and their role may not read them (the template's
 //! `dynamodb:Attributes` condition). Written by `callbridge connections import`, read by every
 //! function and kept for a minute in the warm container, so a burst of webhooks costs one read
-//! per connection, and a changed token is in force within a minute.
+//! per connection (one for all that ask at once), and a changed token is in force within a minute.
 
 use super::usage::Usage;
 use crate::domain::connection::{ApiCredentials, Connection};
@@ -14,9 +14,10 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
+use moka::future::Cache;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 const KEY: &str = "id";
 const CONNECTION: &str = "connection";
@@ -25,9 +26,9 @@ const REST_CREDENTIALS: &str = "rest_credentials";
 /// How long a connection (or its absence) is taken from the cache, unless told otherwise: a
 /// rotated or retired token takes effect within this time.
 pub const CACHE_FOR: Duration = Duration::from_secs(60);
-/// Past this many entries the cache is cleared, so requests for made-up connection ids cannot
-/// grow it without bound.
-const MAX_CACHED: usize = 1024;
+/// Past this many entries the least used go, so requests for made-up connection ids cannot grow
+/// the cache without bound.
+const MAX_CACHED: u64 = 1024;
 /// Longer ids are refused without a read: DynamoDB would refuse them as keys anyway.
 const MAX_ID_BYTES: usize = 255;
 
@@ -35,14 +36,18 @@ pub struct DynamoConnections {
     client: Client,
     table: String,
     usage: Arc<Usage>,
-    cache: Mutex<Cache>,
+    /// By id, what was read (`None`: no such connection).
+    cache: Cache<String, Option<Arc<Connection>>>,
     /// Whether reads take the REST credentials too (the worker, the operator's commands).
     with_rest_credentials: bool,
-    cache_for: Duration,
 }
 
-/// By id: when it was read, and what (`None`: no such connection).
-type Cache = HashMap<String, (Instant, Option<Arc<Connection>>)>;
+fn cache(ttl: Duration) -> Cache<String, Option<Arc<Connection>>> {
+    Cache::builder()
+        .max_capacity(MAX_CACHED)
+        .time_to_live(ttl)
+        .build()
+}
 
 impl DynamoConnections {
     /// The whole connections, REST credentials included: the worker's and the operator's.
@@ -51,9 +56,8 @@ impl DynamoConnections {
             client,
             table: table.into(),
             usage,
-            cache: Mutex::default(),
+            cache: cache(CACHE_FOR),
             with_rest_credentials: true,
-            cache_for: CACHE_FOR,
         }
     }
 
@@ -71,7 +75,7 @@ impl DynamoConnections {
 
     /// Takes a connection read from the table for `ttl` before reading it again.
     pub fn caching_for(mut self, ttl: Duration) -> Self {
-        self.cache_for = ttl;
+        self.cache = cache(ttl);
         self
     }
 
@@ -91,7 +95,7 @@ impl DynamoConnections {
                     DisplayErrorContext(&e)
                 )
             })?;
-        self.cache().remove(&connection.id);
+        self.cache.invalidate(&connection.id).await;
         Ok(())
     }
 
@@ -147,7 +151,7 @@ impl DynamoConnections {
                 .expression_attribute_values(":read", AttributeValue::S(read));
             match put.send().await {
                 Ok(_) => {
-                    self.cache().remove(id);
+                    self.cache.invalidate(id).await;
                     return Ok(connection);
                 }
                 Err(e) if is_condition_failure(&e) => continue,
@@ -185,11 +189,6 @@ impl DynamoConnections {
                 return Ok(connections);
             }
         }
-    }
-
-    fn cache(&self) -> MutexGuard<'_, Cache> {
-        // The cache holds plain data: still good after a panic elsewhere.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn read(&self, id: &str) -> anyhow::Result<Option<Arc<Connection>>> {
@@ -288,20 +287,11 @@ impl ConnectionDirectory for DynamoConnections {
         if id.is_empty() || id.len() > MAX_ID_BYTES {
             return Ok(None);
         }
-        if let Some((at, cached)) = self.cache().get(id)
-            && at.elapsed() < self.cache_for
-        {
-            return Ok(cached.clone());
-        }
-        let connection = self.read(id).await?;
-        let mut cache = self.cache();
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (at, _)| at.elapsed() < self.cache_for);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(id.to_string(), (Instant::now(), connection.clone()));
-        Ok(connection)
+        // The calls of a batch ask at once: one of them reads, the others wait for its answer. A
+        // failed read is not kept.
+        self.cache
+            .try_get_with_by_ref(id, self.read(id))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 }

@@ -2,8 +2,8 @@
 //! extension, `connection_id` (partition key), `extension` (sort key) and `user_id`. Written by
 //! the Telsmart ingest function's activation routes, read by the worker (through
 //! [`WithActivatedUsers`](crate::engine::activation::WithActivatedUsers)) with one `Query`
-//! per connection, kept for a minute in the warm container like the connections, so an
-//! activation is in force within a minute.
+//! per connection (one for all of a batch's calls that ask at once), kept for a minute in the
+//! warm container like the connections, so an activation is in force within a minute.
 
 use super::usage::Usage;
 use crate::ports::{ActivatedUsers, UserDirectory};
@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use moka::future::Cache;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 const CONNECTION_ID: &str = "connection_id";
 const EXTENSION: &str = "extension";
@@ -21,14 +22,15 @@ const USER_ID: &str = "user_id";
 
 /// How long a connection's activated users are taken from the cache.
 const CACHE_FOR: Duration = Duration::from_secs(60);
-
-type Cache = HashMap<String, (Instant, ActivatedUsers)>;
+/// Connections whose users are kept at most: the worker's connections, which exist (a webhook
+/// names one only once it was accepted).
+const MAX_CACHED: u64 = 1024;
 
 pub struct DynamoUsers {
     client: Client,
     table: String,
     usage: Arc<Usage>,
-    cache: Mutex<Cache>,
+    cache: Cache<String, ActivatedUsers>,
 }
 
 impl DynamoUsers {
@@ -37,13 +39,11 @@ impl DynamoUsers {
             client,
             table: table.into(),
             usage,
-            cache: Mutex::default(),
+            cache: Cache::builder()
+                .max_capacity(MAX_CACHED)
+                .time_to_live(CACHE_FOR)
+                .build(),
         }
-    }
-
-    fn cache(&self) -> MutexGuard<'_, Cache> {
-        // Plain data: still good after a panic elsewhere.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn query(&self, connection_id: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -90,17 +90,12 @@ impl DynamoUsers {
 #[async_trait]
 impl UserDirectory for DynamoUsers {
     async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers> {
-        if let Some((at, users)) = self.cache().get(connection_id)
-            && at.elapsed() < CACHE_FOR
-        {
-            return Ok(Arc::clone(users));
-        }
-        let users = Arc::new(self.query(connection_id).await?);
-        self.cache().insert(
-            connection_id.to_string(),
-            (Instant::now(), Arc::clone(&users)),
-        );
-        Ok(users)
+        self.cache
+            .try_get_with_by_ref(connection_id, async {
+                Ok::<_, anyhow::Error>(Arc::new(self.query(connection_id).await?))
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
     async fn activate(
@@ -118,7 +113,7 @@ impl UserDirectory for DynamoUsers {
             .send()
             .await
             .map_err(|e| self.failed("write", connection_id, &DisplayErrorContext(&e)))?;
-        self.cache().remove(connection_id);
+        self.cache.invalidate(connection_id).await;
         Ok(())
     }
 
@@ -131,7 +126,7 @@ impl UserDirectory for DynamoUsers {
             .send()
             .await
             .map_err(|e| self.failed("write", connection_id, &DisplayErrorContext(&e)))?;
-        self.cache().remove(connection_id);
+        self.cache.invalidate(connection_id).await;
         Ok(())
     }
 }

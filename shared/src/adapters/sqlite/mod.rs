@@ -27,8 +27,9 @@ use crate::domain::time::Timestamp;
 use crate::ports::{CallFilter, CallStore, Queue, QueuedWebhook, StoreError, Version};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
+use moka::ops::compute::Op;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -98,7 +99,7 @@ const READERS: usize = 4;
 /// How often the WAL is checkpointed.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Records kept in memory: enough for the calls going on at once.
-const CACHED_RECORDS: usize = 4_096;
+const CACHED_RECORDS: u64 = 4_096;
 
 /// A queued webhook and its place in the queue.
 #[derive(Debug)]
@@ -186,7 +187,7 @@ impl SqliteStore {
             }),
             records: RecordCache::default(),
             maybe_parked: Mutex::new(parked),
-            activated_users: users::Cache::default(),
+            activated_users: users::Cache::builder().build(),
             queued: Notify::new(),
         })
     }
@@ -583,33 +584,36 @@ impl CallStore for SqliteStore {
 /// deliveries only), so an entry is the stored record for as long as it is kept; should another
 /// process write one anyway, the conditional save finds the entry stale and drops it. A newer
 /// version always wins, so a read racing a save never brings an older record back.
-#[derive(Default)]
+/// Past [`CACHED_RECORDS`] the least used go: a miss costs one read.
 struct RecordCache {
-    records: Mutex<HashMap<CallKey, (CallRecord, Version)>>,
+    records: moka::sync::Cache<CallKey, (CallRecord, Version)>,
+}
+
+impl Default for RecordCache {
+    fn default() -> Self {
+        Self {
+            records: moka::sync::Cache::new(CACHED_RECORDS),
+        }
+    }
 }
 
 impl RecordCache {
     fn get(&self, key: &CallKey) -> Option<(CallRecord, Version)> {
-        self.records.lock().expect("cache lock").get(key).cloned()
+        self.records.get(key)
     }
 
     fn offer(&self, record: &CallRecord, version: Version) {
-        let mut records = self.records.lock().expect("cache lock");
-        match records.get(&record.key) {
-            Some((_, cached)) if *cached >= version => return,
-            Some(_) => {}
-            // Any entry may go: a miss costs one read.
-            None if records.len() >= CACHED_RECORDS => {
-                let evicted = records.keys().next().cloned();
-                evicted.map(|key| records.remove(&key));
-            }
-            None => {}
-        }
-        records.insert(record.key.clone(), (record.clone(), version));
+        // Compared and replaced under the entry's lock: two offers racing keep the newer.
+        self.records
+            .entry_by_ref(&record.key)
+            .and_compute_with(|cached| match cached {
+                Some(cached) if cached.value().1 >= version => Op::Nop,
+                _ => Op::Put((record.clone(), version)),
+            });
     }
 
     fn forget(&self, key: &CallKey) {
-        self.records.lock().expect("cache lock").remove(key);
+        self.records.invalidate(key);
     }
 }
 

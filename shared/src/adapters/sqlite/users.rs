@@ -6,43 +6,35 @@ use super::SqliteStore;
 use crate::ports::{ActivatedUsers, UserDirectory};
 use async_trait::async_trait;
 use rusqlite::params;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// By connection id; a connection's entry goes when one of its users changes.
-#[derive(Default)]
-pub(super) struct Cache(Mutex<HashMap<String, ActivatedUsers>>);
-
-impl Cache {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, ActivatedUsers>> {
-        // Plain data: still good after a panic elsewhere.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// By connection id; a connection's entry goes when one of its users changes. Only connections
+/// that take activations are read: the cache is as bounded as they are.
+pub(super) type Cache = moka::future::Cache<String, ActivatedUsers>;
 
 #[async_trait]
 impl UserDirectory for SqliteStore {
     async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers> {
-        if let Some(users) = self.activated_users.lock().get(connection_id) {
-            return Ok(Arc::clone(users));
-        }
         let id = connection_id.to_owned();
-        let users: BTreeMap<String, String> = self
-            .readers
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT extension, user_id FROM activated_users WHERE connection_id = ?1",
-                )?
-                .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect()
-            })
-            .await?;
-        let users = Arc::new(users);
-        // Only connections that take activations are read: the cache is as bounded as they are.
+        let read = async {
+            let users: BTreeMap<String, String> = self
+                .readers
+                .read(move |c| {
+                    c.prepare_cached(
+                        "SELECT extension, user_id FROM activated_users WHERE connection_id = ?1",
+                    )?
+                    .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+                })
+                .await?;
+            anyhow::Ok(Arc::new(users))
+        };
+        // Calls that ask at once share one read.
         self.activated_users
-            .lock()
-            .insert(connection_id.to_owned(), Arc::clone(&users));
-        Ok(users)
+            .try_get_with_by_ref(connection_id, read)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
     async fn activate(
@@ -65,7 +57,7 @@ impl UserDirectory for SqliteStore {
                 .execute(params![row.0, row.1, row.2])
             })
             .await?;
-        self.activated_users.lock().remove(connection_id);
+        self.activated_users.invalidate(connection_id).await;
         Ok(())
     }
 
@@ -79,7 +71,7 @@ impl UserDirectory for SqliteStore {
                 .execute(params![key.0, key.1])
             })
             .await?;
-        self.activated_users.lock().remove(connection_id);
+        self.activated_users.invalidate(connection_id).await;
         Ok(())
     }
 }
