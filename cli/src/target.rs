@@ -103,7 +103,7 @@ impl AwsCalls {
 
 /// An opened target.
 pub enum Store {
-    Local(SqliteStore),
+    Local(Box<SqliteStore>),
     #[cfg(feature = "aws")]
     Aws(AwsCalls),
 }
@@ -114,7 +114,7 @@ impl Target {
         if self.aws.aws {
             return Ok(Store::Aws(self.aws.open().await?));
         }
-        Ok(Store::Local(self.open_local().await?))
+        Ok(Store::Local(Box::new(self.open_local().await?)))
     }
 
     /// The local store; an error when the target is AWS.
@@ -163,7 +163,7 @@ impl Store {
     /// The calls, to change one directly (what only an operator may decide).
     pub fn call_store(&self) -> &dyn CallStore {
         match self {
-            Store::Local(store) => store,
+            Store::Local(store) => &**store,
             #[cfg(feature = "aws")]
             Store::Aws(aws) => &aws.calls,
         }
@@ -172,7 +172,7 @@ impl Store {
     /// Where a call's changes are queued, in order with its webhooks.
     pub fn queue(&self) -> &dyn Queue {
         match self {
-            Store::Local(store) => store,
+            Store::Local(store) => &**store,
             #[cfg(feature = "aws")]
             Store::Aws(aws) => &aws.queue,
         }
