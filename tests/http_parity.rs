@@ -16,6 +16,7 @@ use callbridge_shared::adapters::config_directory::ConfigDirectory;
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
 use callbridge_shared::domain::event::Provider;
+use callbridge_shared::engine::ingest::MAX_BODY_BYTES;
 use callbridge_shared::engine::signature::SigningKey;
 use callbridge_shared::hosts::lambda::lambda_http::{self, Body};
 use callbridge_shared::http::{self, FrontDoor, Mount};
@@ -217,7 +218,7 @@ fn cases() -> Vec<Case> {
             Provider::Telsmart,
             WEBHOOKS,
             HttpRequest {
-                body: vec![b' '; 300 * 1024],
+                body: vec![b' '; MAX_BODY_BYTES + 1],
                 ..good()
             },
             413,
