@@ -396,7 +396,9 @@ async fn the_local_server_and_the_lambda_entry_point_answer_alike() {
             .expect("the Lambda side's store"),
     );
     let door = FrontDoor {
-        connections: Arc::new(ConfigDirectory::from_config(&config).expect("the connections")),
+        connections: Arc::new(ConfigDirectory::new(
+            config.connections().expect("the connections"),
+        )),
         queue: Arc::clone(&store) as _,
         users: Some(store as _),
         clock: Arc::new(SystemClock),

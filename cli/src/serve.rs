@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let config = Config::load(&args.config)?;
     let store = Arc::new(SqliteStore::open(&config.data_file).await?);
-    let connections = Arc::new(ConfigDirectory::from_config(&config)?);
+    let connections = Arc::new(ConfigDirectory::new(config.connections()?));
     let listen = args.listen.as_deref().unwrap_or(&config.listen);
     let listener = TcpListener::bind(listen)
         .await

@@ -16,8 +16,11 @@
 //!
 //! - [`domain`]: pure (no I/O, no clock, no AWS or HTTP types).
 //! - [`ports`]: the small traits the engine talks to (store, queue, CRM, clock, ...).
-//! - [`engine`]: the steps above, written once over the ports.
+//! - [`telemetry`]: logs and metrics, the same for both hosts.
+//! - [`engine`]: the steps above, written once over the ports, and what a failure means
+//!   ([`engine::failure`]).
 //! - [`adapters`]: the I/O behind the ports (SQLite, DynamoDB and SQS, the CRM over HTTP).
+//! - [`config`]: one typed configuration for both hosts, read from the file or the environment.
 //! - [`http`]: the webhooks' front door, one axum router over the ports that both hosts mount.
 //! - [`hosts`]: what schedules the engine: `hosts::local` (the local server's tasks, feature
 //!   `local`) and `hosts::lambda` (the Lambda handlers, feature `aws`).

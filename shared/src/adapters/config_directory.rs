@@ -1,6 +1,5 @@
-//! The connections of the configuration file, for the local server.
+//! The connections of the configuration file (`Config::connections`), for the local server.
 
-use crate::config::Config;
 use crate::domain::connection::Connection;
 use crate::ports::ConnectionDirectory;
 use async_trait::async_trait;
@@ -19,10 +18,6 @@ impl ConfigDirectory {
                 .map(|c| (c.id.clone(), Arc::new(c)))
                 .collect(),
         }
-    }
-
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        Ok(Self::new(config.connections()?))
     }
 }
 

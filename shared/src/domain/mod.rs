@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod contact;
+pub mod delivery;
 pub mod event;
 pub mod fold;
 pub mod providers;

@@ -9,7 +9,7 @@
 //! ([`RemoteCall`]), and a create is claimed there before it is sent: a claim without an id
 //! is a create whose fate is unknown, which is never sent again on its own.
 
-use super::record::Delivery;
+use super::delivery::Delivery;
 use super::resource::MorphEventType;
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@
 //! Telsmart ingest Lambda both translate their HTTP request into an [`ActivationRequest`]
 //! and the answer back (`docs/crm.md`).
 
-use super::ingest::Rejection;
+use super::rejection::Rejection;
 use crate::domain::connection::Connection;
 use crate::domain::event::Provider;
 use crate::ports::{ActivatedUsers, ConnectionDirectory, UserDirectory};
@@ -397,7 +397,7 @@ mod tests {
         Fixture {
             _dir: dir,
             store,
-            connections: Arc::new(ConfigDirectory::from_config(&config).unwrap()),
+            connections: Arc::new(ConfigDirectory::new(config.connections().unwrap())),
         }
     }
 

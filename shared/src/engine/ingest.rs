@@ -2,6 +2,7 @@
 //! hosts mount ([`crate::http`]) translates a request into a [`WebhookRequest`] and the answer
 //! back; what is accepted, and why not, is decided here.
 
+pub use super::rejection::Rejection;
 pub use super::signature::SignatureHeaders;
 use super::signature::{self, SigningKey};
 use crate::domain::event::{EventKind, Provider};
@@ -9,7 +10,7 @@ use crate::domain::providers::{self, ParseError};
 use crate::domain::time::Timestamp;
 use crate::ports::{ConnectionDirectory, MAX_MESSAGE_BYTES, MessageTooLarge, Queue, QueuedWebhook};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// Larger bodies are refused with 413; the largest real webhook (a Telsmart summary) is a few KiB.
 /// The queued message holds the payload again (re-serialised) beside the envelope: the
@@ -64,28 +65,7 @@ pub struct Accepted {
     pub call_key: String,
 }
 
-/// A refused webhook: an HTTP status and a JSON body that says what was wrong.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Rejection {
-    #[serde(skip)]
-    pub status: u16,
-    /// A stable, machine-readable reason.
-    pub error: &'static str,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
 impl Rejection {
-    pub fn new(status: u16, error: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            message: message.into(),
-            field: None,
-        }
-    }
-
     fn invalid(e: ParseError) -> Self {
         Self {
             status: 400,
@@ -102,10 +82,6 @@ impl Rejection {
             "payload_too_large",
             format!("the body is over the limit of {MAX_BODY_BYTES} bytes"),
         )
-    }
-
-    pub fn body(&self) -> Value {
-        json!(self)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod failure;
 pub mod ingest;
 pub mod observe;
 pub mod rate_limit;
+pub mod rejection;
 pub mod rest_delivery;
 pub mod schedule;
 pub mod signature;

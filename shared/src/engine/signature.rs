@@ -6,7 +6,7 @@
 //! A signature is accepted when one `v1` entry matches, compared in constant time, and the
 //! timestamp is within [`TOLERANCE_SECONDS`] of the time the webhook was received.
 
-use super::ingest::Rejection;
+use super::rejection::Rejection;
 use crate::domain::time::Timestamp;
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
