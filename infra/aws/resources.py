@@ -260,6 +260,8 @@ def describe_function(stack, globals_, properties):
     return {
         "name": stack.resolve(merged.get("FunctionName")),
         "timeout": stack.resolve(merged.get("Timeout", 3)),
+        # Lambda's default, as for Timeout.
+        "memory_size": stack.resolve(merged.get("MemorySize", 128)),
         "environment": {k: str(v) for k, v in stack.resolve(variables).items()},
         "routes": routes,
         "queue_events": queue_events,

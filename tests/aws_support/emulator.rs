@@ -114,8 +114,12 @@ pub struct QueueResource {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct FunctionResource {
+    /// `FunctionName`: `<NamePrefix>-worker`.
+    pub name: String,
     /// Seconds.
     pub timeout: u64,
+    /// Megabytes.
+    pub memory_size: u32,
     pub environment: HashMap<String, String>,
     pub routes: Vec<Route>,
     pub queue_events: Vec<QueueEvent>,
