@@ -23,8 +23,8 @@ mod scenario;
 
 use bridge::{Bridge, CrmSettings, DELIVERY_TIMEOUT, Setup};
 use callbridge::recorder::{Behaviour, Recorder};
-use callbridge_shared::aws::aws_sdk_sqs::Client as SqsClient;
-use callbridge_shared::aws::aws_sdk_sqs::types::{
+use callbridge_shared::adapters::aws::aws_sdk_sqs::Client as SqsClient;
+use callbridge_shared::adapters::aws::aws_sdk_sqs::types::{
     Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use callbridge_shared::domain::event::Provider;
