@@ -88,6 +88,7 @@ async fn rest_credentials_are_stored_apart_and_ingest_never_reads_them() {
         bridge.dynamodb.clone(),
         table_name.as_str(),
         Arc::default(),
+        callbridge_shared::config::AwsConfig::default().connection_cache(),
     );
     let seen = ingest_view.connection("acme-rest").await.unwrap().unwrap();
     assert_eq!(seen.api_credentials, None);

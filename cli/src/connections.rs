@@ -9,7 +9,7 @@
 use callbridge_shared::adapters::aws::aws_config;
 use callbridge_shared::adapters::aws::aws_sdk_dynamodb;
 use callbridge_shared::adapters::aws::dynamo_connections::DynamoConnections;
-use callbridge_shared::config::{Config, ConnectionConfig};
+use callbridge_shared::config::{AwsConfig, Config, ConnectionConfig};
 use callbridge_shared::domain::connection::{Connection, hash_token};
 use callbridge_shared::domain::event::Provider;
 use rand::Rng;
@@ -87,7 +87,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::anyhow!("say which table: --table (or CONNECTIONS_TABLE), the stack's `ConnectionsTableName` output")
     })?;
     let aws = aws_config::load_from_env().await;
-    let table = DynamoConnections::new(aws_sdk_dynamodb::Client::new(&aws), &name, Arc::default());
+    let table = DynamoConnections::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        &name,
+        Arc::default(),
+        AwsConfig::default().connection_cache(),
+    );
     match args.command {
         Command::Import { file } => {
             let imported = import(&file, &table).await?;

@@ -18,7 +18,7 @@ pub struct Args {
     /// A scenario: a JSON list of webhook bodies.
     file: PathBuf,
     /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    #[arg(long, default_value_t = format!("http://{}", callbridge_shared::config::default_listen()))]
     url: String,
     /// The connection the webhooks are sent to [default: demo-<provider>].
     #[arg(long)]

@@ -37,7 +37,7 @@ pub struct AwsTarget {
     pub dead_letter_queue_url: Option<String>,
     /// The stack's `CallRetentionDays`: a call this command writes is kept as long after it as
     /// the worker keeps one.
-    #[arg(long, env = "CALL_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "CALL_RETENTION_DAYS", default_value_t = callbridge_shared::config::AwsConfig::default().call_retention_days)]
     pub call_retention_days: u64,
 }
 
@@ -63,7 +63,11 @@ impl AwsTarget {
             aws_sdk_sqs::Client::new(&aws),
             Self::setting(&self.calls_table, "--calls-table", "CALLS_TABLE")?,
             Self::setting(&self.queue_url, "--queue-url", "QUEUE_URL")?,
-            std::time::Duration::from_secs(self.call_retention_days * 24 * 3600),
+            callbridge_shared::config::AwsConfig {
+                call_retention_days: self.call_retention_days,
+                ..Default::default()
+            }
+            .call_retention(),
         ))
     }
 }

@@ -13,6 +13,7 @@ use crate::engine::signature::SigningKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,13 +45,25 @@ pub struct AwsConfig {
     pub queue_url: Option<String>,
     /// Where a call that cannot go on is parked.
     pub dead_letter_queue_url: Option<String>,
-    /// How long a warm ingest container keeps a connection it read, so how long a retired
-    /// token may still be taken.
+    /// How long a warm container (ingest or worker) keeps a connection it read, so how long a
+    /// retired token may still be taken, or changed REST credentials not yet used.
     #[serde(default = "default_connection_cache_secs")]
     pub connection_cache_secs: u64,
     /// How long a call's record is kept after its last change.
     #[serde(default = "default_call_retention_days")]
     pub call_retention_days: u64,
+}
+
+impl AwsConfig {
+    /// `connection_cache_secs` as a duration.
+    pub fn connection_cache(&self) -> Duration {
+        Duration::from_secs(self.connection_cache_secs)
+    }
+
+    /// `call_retention_days` as a duration.
+    pub fn call_retention(&self) -> Duration {
+        Duration::from_secs(self.call_retention_days * 24 * 3600)
+    }
 }
 
 impl Default for AwsConfig {
@@ -260,7 +273,8 @@ impl std::fmt::Debug for ConnectionConfig {
     }
 }
 
-fn default_listen() -> String {
+/// Where the local server listens unless told otherwise (`callbridge replay` sends there).
+pub fn default_listen() -> String {
     "127.0.0.1:3000".into()
 }
 fn default_data_file() -> PathBuf {

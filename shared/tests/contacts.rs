@@ -110,6 +110,27 @@ async fn the_lookup_answers_by_e164_number_and_remembers_for_a_while() {
     assert_eq!(directory.asked.lock().unwrap().len(), 5);
 }
 
+#[tokio::test]
+async fn lookups_of_one_number_at_once_share_one_request() {
+    let (url, directory) = directory().await;
+    let c = connection(&url);
+    let lookup = HttpContactLookup::default();
+
+    let answers = tokio::join!(
+        lookup.contact(&c, "+3228992675"),
+        lookup.contact(&c, "+3228992675"),
+        lookup.contact(&c, "+3228992675"),
+        lookup.contact(&c, "+3225551234"),
+    );
+    assert_eq!(answers.0.unwrap().as_deref(), Some("contact_123"));
+    assert_eq!(answers.1.unwrap().as_deref(), Some("contact_123"));
+    assert_eq!(answers.2.unwrap().as_deref(), Some("contact_123"));
+    assert_eq!(answers.3.unwrap(), None);
+    let mut asked = directory.asked.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(asked, ["+3225551234", "+3228992675"]);
+}
+
 fn ringing(caller_number: &str, id: &str, timestamp: u64) -> Value {
     json!({
         "tenant_id": "t1", "caller_number": caller_number, "direction": "in",

@@ -119,6 +119,7 @@ impl AwsBridge {
                 .var("CONNECTIONS_TABLE")
                 .expect("CONNECTIONS_TABLE"),
             Arc::default(),
+            self.worker_settings().connection_cache,
         )
     }
 

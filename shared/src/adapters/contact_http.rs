@@ -2,31 +2,30 @@
 //! `{number}` replaced by the E.164 number (URL-encoded), answered with
 //! `{"contact_id": "contact_123"}`, `{"contact_id": null}` or a 404 when there is no contact.
 //! Answers are kept for a minute, so the events of one call (and a burst of calls from one
-//! number) cost one request. The URL may hold the lookup's token: it must be `https://` (but
+//! number) cost one request (one for all that ask at once). The URL may hold the lookup's token: it must be `https://` (but
 //! for a loopback host) and a redirect is not followed, as for the CRM.
 
 use crate::adapters::crm_http::{check_url, client_builder};
 use crate::domain::connection::Connection;
 use crate::ports::ContactLookup;
 use async_trait::async_trait;
+use moka::future::Cache;
 use reqwest::StatusCode;
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Per request, connection included: the lookup holds up the call's event, and a contact is
 /// worth less than a popup in time.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an answer (a contact or none) is kept.
 const CACHE_FOR: Duration = Duration::from_secs(60);
-/// Past this many answers the expired ones go, and if that is not enough, all of them.
-const MAX_CACHED: usize = 4096;
+/// Past this many answers the least used go.
+const MAX_CACHED: u64 = 4096;
 
 pub struct HttpContactLookup {
     client: reqwest::Client,
-    /// By URL: when it was answered, and the answer.
-    cache: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    /// By URL, the answer (`None`: no contact).
+    cache: Cache<String, Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -43,17 +42,15 @@ impl Default for HttpContactLookup {
             .expect("an HTTP client");
         Self {
             client,
-            cache: Mutex::default(),
+            cache: Cache::builder()
+                .max_capacity(MAX_CACHED)
+                .time_to_live(CACHE_FOR)
+                .build(),
         }
     }
 }
 
 impl HttpContactLookup {
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, (Instant, Option<String>)>> {
-        // Plain data: still good after a panic elsewhere.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn ask(&self, url: &str) -> anyhow::Result<Option<String>> {
         // Without the URL in the errors: it holds the number, and maybe the lookup's token.
         let response = self
@@ -93,20 +90,10 @@ impl ContactLookup for HttpContactLookup {
         let number: String = form_urlencoded::byte_serialize(e164.as_bytes()).collect();
         let url = template.replace("{number}", &number);
         check_url("`contact_lookup_url`", template)?;
-        if let Some((at, answer)) = self.cache().get(&url)
-            && at.elapsed() < CACHE_FOR
-        {
-            return Ok(answer.clone());
-        }
-        let answer = self.ask(&url).await?;
-        let mut cache = self.cache();
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(url, (Instant::now(), answer.clone()));
-        Ok(answer)
+        // A failed lookup is not kept: the next event asks again.
+        self.cache
+            .try_get_with_by_ref(&url, self.ask(&url))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 }

@@ -25,7 +25,7 @@
 //!
 //! One file per job: [`logs`] (the subscriber), [`masking`] (numbers fit for a log), [`metrics`]
 //! (names, units, the in-memory sink of the tests), [`emf`] (Lambda), [`prometheus`] (the local
-//! server), [`facade`] ([`Telemetry`]). Nothing here imports from
+//! server, feature `local`), [`facade`] ([`Telemetry`]). Nothing here imports from
 //! the engine or the hosts: the engine's own steps are reported by `engine::observe`.
 
 #[cfg(feature = "aws")]
@@ -34,6 +34,7 @@ pub mod facade;
 pub mod logs;
 pub mod masking;
 pub mod metrics;
+#[cfg(feature = "local")]
 pub mod prometheus;
 
 #[cfg(feature = "aws")]
@@ -43,4 +44,5 @@ pub(crate) use facade::millis;
 pub use logs::{LogFormat, init_logging};
 pub use masking::{mask_number, mask_numbers_in};
 pub use metrics::*;
+#[cfg(feature = "local")]
 pub use prometheus::PrometheusMetrics;

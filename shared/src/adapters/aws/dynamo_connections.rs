@@ -23,9 +23,6 @@ const KEY: &str = "id";
 const CONNECTION: &str = "connection";
 const REST_CREDENTIALS: &str = "rest_credentials";
 
-/// How long a connection (or its absence) is taken from the cache, unless told otherwise: a
-/// rotated or retired token takes effect within this time.
-pub const CACHE_FOR: Duration = Duration::from_secs(60);
 /// Past this many entries the least used go, so requests for made-up connection ids cannot grow
 /// the cache without bound.
 const MAX_CACHED: u64 = 1024;
@@ -50,13 +47,20 @@ fn cache(ttl: Duration) -> Cache<String, Option<Arc<Connection>>> {
 }
 
 impl DynamoConnections {
-    /// The whole connections, REST credentials included: the worker's and the operator's.
-    pub fn new(client: Client, table: impl Into<String>, usage: Arc<Usage>) -> Self {
+    /// The whole connections, REST credentials included: the worker's and the operator's. A
+    /// connection (or its absence) read from the table is taken from the cache for `cache_for`,
+    /// so a rotated or retired token takes effect within that time.
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        usage: Arc<Usage>,
+        cache_for: Duration,
+    ) -> Self {
         Self {
             client,
             table: table.into(),
             usage,
-            cache: cache(CACHE_FOR),
+            cache: cache(cache_for),
             with_rest_credentials: true,
         }
     }
@@ -66,17 +70,12 @@ impl DynamoConnections {
         client: Client,
         table: impl Into<String>,
         usage: Arc<Usage>,
+        cache_for: Duration,
     ) -> Self {
         Self {
             with_rest_credentials: false,
-            ..Self::new(client, table, usage)
+            ..Self::new(client, table, usage, cache_for)
         }
-    }
-
-    /// Takes a connection read from the table for `ttl` before reading it again.
-    pub fn caching_for(mut self, ttl: Duration) -> Self {
-        self.cache = cache(ttl);
-        self
     }
 
     /// Creates or replaces a connection.

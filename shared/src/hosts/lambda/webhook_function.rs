@@ -41,7 +41,7 @@ impl IngestSettings {
                 .to_owned(),
             queue_url: Config::required(&aws.queue_url, "aws.queue_url")?.to_owned(),
             users_table: aws.users_table.clone(),
-            connection_cache: Duration::from_secs(aws.connection_cache_secs),
+            connection_cache: aws.connection_cache(),
         })
     }
 
@@ -72,14 +72,12 @@ impl Ingest {
                 .users_table
                 .as_ref()
                 .map(|table| Arc::new(DynamoUsers::new(dynamodb.clone(), table, usage.clone()))),
-            connections: Arc::new(
-                DynamoConnections::without_rest_credentials(
-                    dynamodb,
-                    &settings.connections_table,
-                    usage.clone(),
-                )
-                .caching_for(settings.connection_cache),
-            ),
+            connections: Arc::new(DynamoConnections::without_rest_credentials(
+                dynamodb,
+                &settings.connections_table,
+                usage.clone(),
+                settings.connection_cache,
+            )),
             queue: Arc::new(SqsQueue::new(
                 aws_sdk_sqs::Client::new(aws),
                 &settings.queue_url,

@@ -62,6 +62,9 @@ pub struct WorkerSettings {
     pub users_table: String,
     /// `CALL_RETENTION_DAYS`: how long a call is kept after its last change.
     pub call_retention: Duration,
+    /// `CONNECTION_CACHE_SECS`: how long a warm container keeps a connection it read, so how
+    /// long changed REST credentials may still go unused.
+    pub connection_cache: Duration,
     /// `CRM_URL`: where the Morph events are POSTed.
     pub crm_url: String,
     /// `CRM_TIMEOUT_MS`: per delivery.
@@ -89,7 +92,8 @@ impl WorkerSettings {
             calls_table: required(&aws.calls_table, "aws.calls_table")?,
             connections_table: required(&aws.connections_table, "aws.connections_table")?,
             users_table: required(&aws.users_table, "aws.users_table")?,
-            call_retention: Duration::from_secs(aws.call_retention_days * 24 * 3600),
+            call_retention: aws.call_retention(),
+            connection_cache: aws.connection_cache(),
             crm_url: required(&crm.url, "crm.url")?,
             crm_timeout: Duration::from_millis(crm.timeout_ms),
             crm_rest_url: crm.rest_url.clone(),
@@ -154,6 +158,7 @@ impl Worker {
                     dynamodb.clone(),
                     &settings.connections_table,
                     usage.clone(),
+                    settings.connection_cache,
                 )),
                 Arc::new(DynamoUsers::new(
                     dynamodb,
