@@ -13,6 +13,10 @@ emulator cannot tell (how long an invocation runs on AWS, how many messages a ba
 an assumption, printed with the result; change it with the options.
 
     ... | benches/cost.py [--ingest-ms 12] [--worker-ms 25] [--crm-ms 100] [--batch 1]
+                          [--front-door http-api|function-url]
+
+The table prices the front door of --front-door (template.yaml's FrontDoor: HttpApi or
+FunctionUrl); the last line gives the total with either.
 """
 
 import argparse
@@ -29,9 +33,17 @@ PRICES = {
     "dynamodb_wru": 0.625 / 1e6,  # per write request unit (1 KiB)
     "dynamodb_rru": 0.125 / 1e6,  # per read request unit (4 KiB strongly consistent)
     "http_api_request": 1.00 / 1e6,  # per request, first 300 million a month (512 KiB each)
+    # A function URL has no charge of its own: its requests are the ingest's invocations, priced
+    # above (https://aws.amazon.com/lambda/pricing/).
+    "function_url_request": 0.0,
     "logs_ingested_gb": 0.50,  # CloudWatch Logs, standard class, per GB ingested
 }
 MEMORY_GB = {"ingest": 128 / 1024, "worker": 256 / 1024}  # template.yaml's MemorySize
+# What the providers call, by --front-door: (line of the table, price per request).
+FRONT_DOORS = {
+    "http-api": ("API Gateway HTTP API", PRICES["http_api_request"]),
+    "function-url": ("Lambda function URLs", PRICES["function_url_request"]),
+}
 
 
 def parse_usage(text):
@@ -63,6 +75,12 @@ def main():
     parser.add_argument("--crm-ms", type=float, default=100, help="ms of one CRM request (the worker waits)")
     parser.add_argument("--batch", type=float, default=1, help="messages per worker batch (1 when calls are quiet)")
     parser.add_argument("--log-bytes", type=float, default=2500, help="CloudWatch log bytes per webhook, all functions")
+    parser.add_argument(
+        "--front-door",
+        choices=sorted(FRONT_DOORS),
+        default="http-api",
+        help="what the providers call (template.yaml's FrontDoor): priced in the table",
+    )
     args = parser.parse_args()
     usage = parse_usage(sys.stdin.read())
     q = usage["quiet"]
@@ -81,7 +99,6 @@ def main():
     sqs_requests = million * per_webhook["queue_sends"] + 2 * batches
     worker_seconds = (batches * args.worker_ms + million * per_webhook["crm_requests"] * args.crm_ms) / 1000
     lines = [
-        ("API Gateway HTTP API", "requests", million, million * PRICES["http_api_request"]),
         ("Lambda requests (ingest + worker)", "invocations", million + batches, (million + batches) * PRICES["lambda_request"]),
         (
             "Lambda duration, ingest (128 MB)",
@@ -115,6 +132,9 @@ def main():
             million * args.log_bytes / 1e9 * PRICES["logs_ingested_gb"],
         ),
     ]
+    behind_the_door = sum(cost for *_, cost in lines)
+    door_name, door_price = FRONT_DOORS[args.front_door]
+    lines.append((door_name, "requests", million, million * door_price))
     total = sum(cost for *_, cost in lines)
     print(
         f"Per webhook, from the emulator ({q['name']}, {n} webhooks, {q['revisions']} Morph events): "
@@ -133,6 +153,10 @@ def main():
         amount = f"{quantity:,.0f}" if quantity >= 100 else f"{quantity:.2f}"
         print(f"| {name} | {amount} {unit} | {cost:.2f} | {cost / total:.0%} |")
     print(f"| **total** | | **{total:.2f}** | |")
+    either = ", ".join(
+        f"{name} {behind_the_door + million * price:.2f}" for name, price in FRONT_DOORS.values()
+    )
+    print(f"\nTotal per million webhooks by front door (USD): {either}.")
 
 
 if __name__ == "__main__":

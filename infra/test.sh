@@ -24,6 +24,8 @@ infra/fuzz.sh build
 step "template: cfn-lint and sam validate --lint"
 cfn-lint template.yaml
 .venv-sam/bin/sam validate --lint --template-file template.yaml --region eu-west-1
+# What each FrontDoor deploys: URLs, permissions, outputs, reserved concurrency, dashboard.
+.venv/bin/python infra/template_front_door.py template.yaml
 
 step "template: checkov security scan (infra/checkov.yaml; skips explained there and in the template)"
 # Offline: no download of its policy mappings from the vendor's platform.
