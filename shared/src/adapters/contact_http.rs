@@ -5,6 +5,7 @@
 //! number) cost one request (one for all that ask at once). The URL may hold the lookup's token: it must be `https://` (but
 //! for a loopback host) and a redirect is not followed, as for the CRM.
 
+use crate::adapters::cached;
 use crate::adapters::crm_http::{check_url, client_builder};
 use crate::domain::connection::Connection;
 use crate::ports::ContactLookup;
@@ -42,10 +43,7 @@ impl Default for HttpContactLookup {
             .expect("an HTTP client");
         Self {
             client,
-            cache: Cache::builder()
-                .max_capacity(MAX_CACHED)
-                .time_to_live(CACHE_FOR)
-                .build(),
+            cache: cached::bounded(MAX_CACHED, CACHE_FOR),
         }
     }
 }
@@ -90,10 +88,6 @@ impl ContactLookup for HttpContactLookup {
         let number: String = form_urlencoded::byte_serialize(e164.as_bytes()).collect();
         let url = template.replace("{number}", &number);
         check_url("`contact_lookup_url`", template)?;
-        // A failed lookup is not kept: the next event asks again.
-        self.cache
-            .try_get_with_by_ref(&url, self.ask(&url))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
+        cached::get_or_read(&self.cache, &url, self.ask(&url)).await
     }
 }

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod cached;
 pub mod clock;
 pub mod config_directory;
 pub mod contact_http;

@@ -7,6 +7,7 @@
 //! per connection (one for all that ask at once), and a changed token is in force within a minute.
 
 use super::usage::Usage;
+use crate::adapters::cached;
 use crate::domain::connection::{ApiCredentials, Connection};
 use crate::ports::ConnectionDirectory;
 use async_trait::async_trait;
@@ -39,13 +40,6 @@ pub struct DynamoConnections {
     with_rest_credentials: bool,
 }
 
-fn cache(ttl: Duration) -> Cache<String, Option<Arc<Connection>>> {
-    Cache::builder()
-        .max_capacity(MAX_CACHED)
-        .time_to_live(ttl)
-        .build()
-}
-
 impl DynamoConnections {
     /// The whole connections, REST credentials included: the worker's and the operator's. A
     /// connection (or its absence) read from the table is taken from the cache for `cache_for`,
@@ -60,7 +54,7 @@ impl DynamoConnections {
             client,
             table: table.into(),
             usage,
-            cache: cache(cache_for),
+            cache: cached::bounded(MAX_CACHED, cache_for),
             with_rest_credentials: true,
         }
     }
@@ -286,11 +280,7 @@ impl ConnectionDirectory for DynamoConnections {
         if id.is_empty() || id.len() > MAX_ID_BYTES {
             return Ok(None);
         }
-        // The calls of a batch ask at once: one of them reads, the others wait for its answer. A
-        // failed read is not kept.
-        self.cache
-            .try_get_with_by_ref(id, self.read(id))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
+        // The calls of a batch ask at once: one of them reads, the others wait for its answer.
+        cached::get_or_read(&self.cache, id, self.read(id)).await
     }
 }

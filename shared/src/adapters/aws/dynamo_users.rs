@@ -6,6 +6,7 @@
 //! warm container like the connections, so an activation is in force within a minute.
 
 use super::usage::Usage;
+use crate::adapters::cached;
 use crate::ports::{ActivatedUsers, UserDirectory};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -39,10 +40,7 @@ impl DynamoUsers {
             client,
             table: table.into(),
             usage,
-            cache: Cache::builder()
-                .max_capacity(MAX_CACHED)
-                .time_to_live(CACHE_FOR)
-                .build(),
+            cache: cached::bounded(MAX_CACHED, CACHE_FOR),
         }
     }
 
@@ -90,12 +88,10 @@ impl DynamoUsers {
 #[async_trait]
 impl UserDirectory for DynamoUsers {
     async fn activated_users(&self, connection_id: &str) -> anyhow::Result<ActivatedUsers> {
-        self.cache
-            .try_get_with_by_ref(connection_id, async {
-                Ok::<_, anyhow::Error>(Arc::new(self.query(connection_id).await?))
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
+        cached::get_or_read(&self.cache, connection_id, async {
+            anyhow::Ok(Arc::new(self.query(connection_id).await?))
+        })
+        .await
     }
 
     async fn activate(

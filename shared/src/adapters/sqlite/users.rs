@@ -3,6 +3,7 @@
 //! store writes them (the server's activation routes), so it knows when to read them again.
 
 use super::SqliteStore;
+use crate::adapters::cached;
 use crate::ports::{ActivatedUsers, UserDirectory};
 use async_trait::async_trait;
 use rusqlite::params;
@@ -31,10 +32,7 @@ impl UserDirectory for SqliteStore {
             anyhow::Ok(Arc::new(users))
         };
         // Calls that ask at once share one read.
-        self.activated_users
-            .try_get_with_by_ref(connection_id, read)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
+        cached::get_or_read(&self.activated_users, connection_id, read).await
     }
 
     async fn activate(
