@@ -94,11 +94,15 @@ fn repo() -> PathBuf {
 fn scenario() -> (Vec<Value>, Vec<u64>) {
     let webhooks: Vec<Value> =
         serde_json::from_slice(&std::fs::read(repo().join(SCENARIO)).unwrap()).unwrap();
-    let connection = Config::parse(&config_text("127.0.0.1:0", Path::new("x.db"), "http://x"))
-        .unwrap()
-        .connections()
-        .unwrap()
-        .remove(0);
+    let connection = Config::parse(&config_text(
+        "127.0.0.1:0",
+        Path::new("x.db"),
+        "http://127.0.0.1:9/events",
+    ))
+    .unwrap()
+    .connections()
+    .unwrap()
+    .remove(0);
     let mut record: Option<CallRecord> = None;
     let revisions = webhooks
         .iter()
