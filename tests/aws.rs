@@ -825,29 +825,29 @@ async fn connections_are_imported_with_their_tokens_hashed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retry_schedule_covers_an_hour_of_crm_outage_before_the_dead_letter_queue() {
-    use callbridge_shared::engine::deliver::RetryPolicy;
+async fn the_queue_keeps_a_message_for_the_whole_retry_horizon() {
+    use callbridge_shared::engine::schedule::Jitter;
     use std::time::Duration;
 
     let recorder = recorder().await;
     let bridge = AwsBridge::start("retry-bound", &recorder.url(), &[]).await;
-    // The worker's schedule and the queue's maxReceiveCount, as the template sets them: the
-    // waits between the receives, every one jittered to its shortest (half), still add up to
-    // an hour.
-    let schedule = RetryPolicy {
-        max_attempts: bridge.resources.max_receive_count(),
-        ..bridge.worker_settings().redelivery
-    };
-    let shortest = schedule.worst_case_total() / 2;
+    let schedule = bridge.worker_settings().retry;
+    let queue = &bridge.resources.queue("WebhookQueue").attributes;
+    let seconds = |name: &str| Duration::from_secs(queue[name].parse().unwrap());
+    // The worker waits whole on AWS: every try of the horizon is one receive, under the
+    // queue's maxReceiveCount, which is only a backstop (SQS takes at most 1,000).
+    let receives = schedule.attempts_within_horizon(Jitter::NONE);
+    assert_eq!(receives, 874, "72 hours of whole waits (RELIABILITY.md)");
+    let max_receive_count = bridge.resources.max_receive_count();
     assert!(
-        shortest >= Duration::from_secs(3600),
-        "{schedule:?} retries for {shortest:?} at least"
+        receives < max_receive_count && max_receive_count <= 1_000,
+        "{receives} receives against a maxReceiveCount of {max_receive_count}"
     );
-    // Not past the queue's visibility timeout: a message gets that much anyway when the
-    // worker cannot change its visibility.
-    let visibility_timeout: u64 =
-        bridge.resources.queue("WebhookQueue").attributes["VisibilityTimeout"]
-            .parse()
-            .unwrap();
-    assert_eq!(schedule.max, Duration::from_secs(visibility_timeout));
+    // A held message comes back once per cap at most: as many receives.
+    assert!(schedule.horizon.as_secs() / schedule.cap.as_secs() < u64::from(max_receive_count));
+    // Kept past the horizon, so the engine parks it, not the queue's retention.
+    assert!(seconds("MessageRetentionPeriod") > schedule.horizon + Duration::from_secs(24 * 3600));
+    // The longest wait fits in the visibility timeout a message gets when the worker cannot
+    // change it.
+    assert!(schedule.cap <= seconds("VisibilityTimeout"));
 }

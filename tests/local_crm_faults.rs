@@ -33,7 +33,7 @@ async fn a_failing_crm_gets_everything_in_order_once_it_recovers() {
     let scenarios = on_copies(&scenario::all(), "faults");
     // Room for the Retry-After under the longest backoff.
     let crm = CrmSettings {
-        max_backoff_ms: 2_000,
+        retry_cap_secs: 2.0,
         ..CrmSettings::default()
     };
     let (_setup, bridge) = Bridge::serving(&recorder, crm, &scenarios).await;

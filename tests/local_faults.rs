@@ -1,7 +1,7 @@
 //! The CRM misbehaving in every way the local server must survive, over real HTTP with a real
 //! `callbridge serve` and the CRM recorder: 5xx and 429 (with and without Retry-After),
 //! connections closed without an answer, answers that come after `crm.timeout_ms`, refusals no
-//! retry can fix, and attempts that run out. Nothing is lost or doubled: every event reaches the
+//! retry can fix, and failures that outlast the retry horizon. Nothing is lost or doubled: every event reaches the
 //! CRM once it recovers (or once the operator un-parks it), in order per call, under one
 //! idempotency key and body on every try; a call the CRM chokes on holds up only itself.
 //!
@@ -42,7 +42,7 @@ async fn transient_failures_hold_up_only_their_call_and_everything_arrives_after
         .expect("the CRM recorder starts");
     // A backoff ceiling above the Retry-After, so it is honoured in full.
     let crm = CrmSettings {
-        max_backoff_ms: 2_000,
+        retry_cap_secs: 2.0,
         ..CrmSettings::default()
     };
     let (_setup, bridge) = Bridge::serving(&recorder, crm, &all).await;
@@ -149,10 +149,12 @@ async fn answers_after_the_timeout_are_retried_under_the_same_key_and_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
-    const MAX_ATTEMPTS: u32 = 4;
+async fn refusals_and_failures_past_the_horizon_are_parked_until_one_retry_command() {
+    // Tried after 20, 40, 80 ... ms: at least 4 tries within the horizon.
+    const HORIZON_SECS: f64 = 0.5;
+    const MIN_TRIES: usize = 4;
     let mut faults = refusals();
-    // Not a refusal: retried until the attempts run out.
+    // Not a refusal: retried until the horizon ends.
     faults.push(Answer::status(503));
     let all = on_copies(&scenarios_with_later_events(), "refused");
     let all = &all[..faults.len() + 2];
@@ -163,16 +165,12 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
         .await
         .expect("the CRM recorder starts");
     let crm = CrmSettings {
-        max_attempts: MAX_ATTEMPTS,
+        retry_horizon_secs: HORIZON_SECS,
         ..CrmSettings::default()
     };
     let (setup, bridge) = Bridge::serving(&recorder, crm, all).await;
     let tries_wanted = |answer: &Answer| {
-        if answer.status == 503 {
-            MAX_ATTEMPTS as usize
-        } else {
-            1
-        }
+        if answer.status == 503 { MIN_TRIES } else { 1 }
     };
     let parked = |events: &[RecordedEvent]| {
         healthy.iter().all(|s| s.delivered_in_order(events))
@@ -222,7 +220,7 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
                 assert_eq!(entry["crm_status"], serde_json::Value::Null, "{entry}");
                 let reason = entry["reason"].as_str().unwrap_or_default();
                 assert!(
-                    reason.contains(&format!("gave up after {MAX_ATTEMPTS} attempts")),
+                    reason.contains("until the retry horizon ended") && reason.contains("503"),
                     "{entry}"
                 );
             } else {
@@ -254,7 +252,7 @@ async fn refusals_and_exhausted_attempts_are_parked_until_one_retry_command() {
         summary(&events)
     );
     eprintln!(
-        "refusals: {} parked ({} refused 4xx, {} out of attempts), {} requests, all applied once \
+        "refusals: {} parked ({} refused 4xx, {} past the retry horizon), {} requests, all applied once \
          after one `deliveries retry`",
         parked.len(),
         parked.iter().filter(|p| !p["crm_status"].is_null()).count(),

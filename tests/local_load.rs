@@ -79,7 +79,7 @@ async fn a_flaky_crm_under_load_loses_and_doubles_nothing() {
         .collect();
     let crm = CrmSettings {
         timeout_ms: TIMEOUT_MS,
-        max_backoff_ms: 2_000,
+        retry_cap_secs: 2.0,
         ..CrmSettings::default()
     };
     let setup = Setup::new(&recorder.url(), crm, &copies_of(&scenarios[..1]));

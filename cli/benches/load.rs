@@ -135,9 +135,6 @@ data_file = "{}"
 [crm]
 url = "{crm_url}"
 timeout_ms = 5000
-max_attempts = 12
-initial_backoff_ms = 250
-max_backoff_ms = 60000
 
 [[connections]]
 id = "{CONNECTION}"

@@ -9,6 +9,9 @@ use crate::domain::connection::{
 };
 use crate::domain::contact::Country;
 use crate::domain::event::Provider;
+use crate::engine::breaker::BreakerSettings;
+use crate::engine::rate_limit::RateLimit;
+use crate::engine::schedule::RetrySchedule;
 use crate::engine::signature::SigningKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -86,8 +89,13 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("CRM_URL", "crm.url"),
     ("CRM_REST_URL", "crm.rest_url"),
     ("CRM_TIMEOUT_MS", "crm.timeout_ms"),
-    ("RETRY_INITIAL_BACKOFF_MS", "crm.initial_backoff_ms"),
-    ("RETRY_MAX_BACKOFF_MS", "crm.max_backoff_ms"),
+    ("RETRY_HORIZON_SECS", "crm.retry.horizon"),
+    ("RETRY_INITIAL_SECS", "crm.retry.initial"),
+    ("RETRY_CAP_SECS", "crm.retry.cap"),
+    ("BREAKER_OPEN_AFTER", "crm.breaker.open_after"),
+    ("BREAKER_PROBE_EVERY_SECS", "crm.breaker.probe_every"),
+    ("CRM_RATE_PER_SECOND", "crm.rate_limit.per_second"),
+    ("CRM_RATE_BURST", "crm.rate_limit.burst"),
     ("CONNECTIONS_TABLE", "aws.connections_table"),
     ("CALLS_TABLE", "aws.calls_table"),
     ("USERS_TABLE", "aws.users_table"),
@@ -114,15 +122,18 @@ pub struct CrmConfig {
     /// Per-request timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per delivery before it is parked.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay; it doubles with every attempt, with jitter.
-    #[serde(default = "default_initial_backoff_ms")]
-    pub initial_backoff_ms: u64,
-    /// Longest delay between two attempts.
-    #[serde(default = "default_max_backoff_ms")]
-    pub max_backoff_ms: u64,
+    /// When a delivery the CRM did not take is tried again, and for how long (`[crm.retry]`:
+    /// `horizon`, `initial`, `cap`, in seconds).
+    #[serde(default)]
+    pub retry: RetrySchedule,
+    /// When a CRM destination failing call after call stops being sent to, and how often it
+    /// is probed (`[crm.breaker]`: `open_after`, `probe_every` in seconds).
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// Requests per second to one CRM destination (`[crm.rate_limit]`: `per_second`,
+    /// `burst`); on AWS per worker instance.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
     /// The root of Morph's REST API (`https://api.example/`), for connections with
     /// `delivery = "rest"`; without it (and without `url`) their requests are printed.
     #[serde(default)]
@@ -174,9 +185,9 @@ impl Default for CrmConfig {
         Self {
             url: None,
             timeout_ms: default_timeout_ms(),
-            max_attempts: default_max_attempts(),
-            initial_backoff_ms: default_initial_backoff_ms(),
-            max_backoff_ms: default_max_backoff_ms(),
+            retry: RetrySchedule::default(),
+            breaker: BreakerSettings::default(),
+            rate_limit: RateLimit::default(),
             rest_url: None,
             api_key: None,
             api_secret: None,
@@ -282,15 +293,6 @@ fn default_data_file() -> PathBuf {
 }
 fn default_timeout_ms() -> u64 {
     5_000
-}
-fn default_max_attempts() -> u32 {
-    12
-}
-fn default_initial_backoff_ms() -> u64 {
-    250
-}
-fn default_max_backoff_ms() -> u64 {
-    60_000
 }
 fn default_connection_cache_secs() -> u64 {
     60
@@ -630,8 +632,13 @@ mod tests {
     fn every_variable_of_the_environment_sets_its_key() {
         let config = environment(&[
             ("CRM_TIMEOUT_MS", "1500"),
-            ("RETRY_INITIAL_BACKOFF_MS", "1000"),
-            ("RETRY_MAX_BACKOFF_MS", "360000"),
+            ("RETRY_HORIZON_SECS", "3600"),
+            ("RETRY_INITIAL_SECS", "0.5"),
+            ("RETRY_CAP_SECS", "30"),
+            ("BREAKER_OPEN_AFTER", "3"),
+            ("BREAKER_PROBE_EVERY_SECS", "2"),
+            ("CRM_RATE_PER_SECOND", "2.5"),
+            ("CRM_RATE_BURST", "4"),
             ("CONNECTION_CACHE_SECS", "5"),
             ("CALL_RETENTION_DAYS", "7"),
         ])
@@ -639,9 +646,28 @@ mod tests {
         let (crm, aws) = (&config.crm, &config.aws);
         assert_eq!(crm.url.as_deref(), Some("crm.url"));
         assert_eq!(crm.rest_url.as_deref(), Some("crm.rest_url"));
+        assert_eq!(crm.timeout_ms, 1_500);
         assert_eq!(
-            (crm.timeout_ms, crm.initial_backoff_ms, crm.max_backoff_ms),
-            (1_500, 1_000, 360_000)
+            crm.retry,
+            RetrySchedule {
+                horizon: Duration::from_secs(3600),
+                initial: Duration::from_millis(500),
+                cap: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(
+            crm.breaker,
+            BreakerSettings {
+                open_after: 3,
+                probe_every: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(
+            crm.rate_limit,
+            RateLimit {
+                per_second: 2.5,
+                burst: 4,
+            }
         );
         for (value, key) in [
             (&aws.connections_table, "aws.connections_table"),
@@ -660,12 +686,30 @@ mod tests {
         let from_env = Config::from_vars(|_| None).unwrap();
         let from_file = Config::parse("").unwrap();
         assert_eq!(format!("{from_env:?}"), format!("{from_file:?}"));
-        // The example file's documented schedule.
+        // The documented schedule: 72 hours, 250 ms doubling to 5 minutes; a breaker opening
+        // after 5 failures, probing every 30 s; 10 requests a second, 20 at once.
         assert_eq!(
-            (from_env.crm.initial_backoff_ms, from_env.crm.max_backoff_ms),
-            (250, 60_000)
+            from_env.crm.retry,
+            RetrySchedule {
+                horizon: Duration::from_secs(72 * 3600),
+                initial: Duration::from_millis(250),
+                cap: Duration::from_secs(300),
+            }
         );
-        assert_eq!(from_env.crm.max_attempts, 12);
+        assert_eq!(
+            (
+                from_env.crm.breaker.open_after,
+                from_env.crm.breaker.probe_every
+            ),
+            (5, Duration::from_secs(30))
+        );
+        assert_eq!(
+            from_env.crm.rate_limit,
+            RateLimit {
+                per_second: 10.0,
+                burst: 20,
+            }
+        );
         assert_eq!(from_env.aws.connection_cache_secs, 60);
         assert_eq!(from_env.aws.call_retention_days, 30);
         // An empty variable is one the template left unset (an empty parameter).

@@ -251,6 +251,13 @@ pub trait Crm: Send + Sync {
     /// One Morph event (connections with `delivery = "events"`).
     async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome;
 
+    /// The destination `connection`'s deliveries go to, as its circuit breaker and rate limit
+    /// know it: one CRM behind Morph (the connector) at one address. Never a secret: it is
+    /// logged and stored.
+    fn destination(&self, connection: &Connection) -> String {
+        connection.connector_id.clone()
+    }
+
     /// One request of Morph's REST API (connections with `delivery = "rest"`). A CRM that
     /// takes only events refuses it.
     async fn request(&self, _connection: &Connection, _request: &RestRequest) -> RestOutcome {

@@ -97,6 +97,7 @@ fn delivery() -> Delivery {
         received_at: None,
         closed: None,
         attempted: false,
+        waiting: None,
     }
 }
 

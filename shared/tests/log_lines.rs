@@ -11,7 +11,9 @@ use callbridge_shared::domain::connection::Connection;
 use callbridge_shared::domain::event::{CallEvent, EventKind, Provider};
 use callbridge_shared::domain::record::{CallKey, Delivery};
 use callbridge_shared::domain::time::Timestamp;
-use callbridge_shared::engine::deliver::RetryPolicy;
+use callbridge_shared::engine::breaker::BreakerSettings;
+use callbridge_shared::engine::rate_limit::RateLimit;
+use callbridge_shared::engine::schedule::RetrySchedule;
 use callbridge_shared::hosts::local::{LocalRuntime, Settings};
 use callbridge_shared::ports::{CallStore, Crm, DeliveryOutcome, Queue, QueuedWebhook};
 use callbridge_shared::telemetry::{InMemoryMetrics, Telemetry};
@@ -75,11 +77,13 @@ fn acme() -> Connection {
 
 fn settings() -> Settings {
     Settings {
-        retry: RetryPolicy {
-            max_attempts: 100,
+        retry: RetrySchedule {
+            horizon: Duration::from_secs(3600),
             initial: Duration::from_millis(10),
-            max: Duration::from_millis(50),
+            cap: Duration::from_millis(50),
         },
+        breaker: BreakerSettings::default(),
+        rate_limit: RateLimit::default(),
         poll_interval: Duration::from_millis(50),
     }
 }

@@ -21,8 +21,12 @@ use callbridge_shared::domain::record::{CallKey, CallRecord};
 use callbridge_shared::domain::rest::RestModel;
 use callbridge_shared::domain::time::Timestamp;
 use callbridge_shared::engine::apply;
-use callbridge_shared::engine::deliver::{Pushed, push_outbox};
+use callbridge_shared::engine::breaker::BreakerSettings;
+use callbridge_shared::engine::deliver::{Deliverer, Pushed, Stop, Waits};
+use callbridge_shared::engine::destination::{Destinations, MemoryBreakers};
+use callbridge_shared::engine::rate_limit::RateLimit;
 use callbridge_shared::engine::rest_delivery::{CLAIM_PATIENCE, resolve_uncertain_create};
+use callbridge_shared::engine::schedule::RetrySchedule;
 use callbridge_shared::ports::{
     CallStore, Clock, Crm, DeliveryOutcome, QueuedWebhook, StoreError, Version,
 };
@@ -325,15 +329,16 @@ impl Bridge {
     /// crashed right after).
     async fn push(&self) -> Pushed {
         let (record, _) = self.record().await;
-        push_outbox(
-            &*self.crm,
-            &*self.store,
-            &self.clock,
-            &self.connection,
-            &key(),
-            &record.outbox,
-            &self.telemetry,
-        )
+        let destinations = no_breaker(&self.telemetry);
+        Deliverer {
+            crm: &*self.crm,
+            store: &*self.store,
+            clock: &self.clock,
+            destinations: &destinations,
+            waits: &waits(),
+            telemetry: &self.telemetry,
+        }
+        .push_outbox(&self.connection, &key(), &record.outbox, false)
         .await
     }
 
@@ -353,8 +358,31 @@ impl Bridge {
     }
 }
 
+/// Destinations that never hold a delivery back: these tests are about REST, not outages.
+fn no_breaker(telemetry: &Telemetry) -> Destinations {
+    Destinations::new(
+        Arc::new(MemoryBreakers::default()),
+        BreakerSettings {
+            open_after: u32::MAX,
+            ..BreakerSettings::default()
+        },
+        RateLimit {
+            per_second: 1e6,
+            burst: 1_000,
+        },
+        telemetry.clone(),
+    )
+}
+
+fn waits() -> Waits {
+    Waits::local(RetrySchedule::default(), Duration::from_secs(30))
+}
+
 fn stopped_with(pushed: &Pushed) -> Option<&DeliveryOutcome> {
-    pushed.stopped_at.as_ref().map(|(_, outcome)| outcome)
+    pushed.stopped_at.as_ref().map(|(_, stop)| match stop {
+        Stop::Answer(outcome) => outcome,
+        other => panic!("not sent: {other:?}"),
+    })
 }
 
 #[tokio::test]
@@ -710,15 +738,16 @@ async fn a_call_a_transfer_closes_is_patched_as_ended_at_the_transfer() {
             .unwrap();
         for call in applied.to_deliver {
             let (record, _) = store.load(&call).await.unwrap().unwrap();
-            let pushed = push_outbox(
-                &*crm,
-                &store,
-                &SystemClock,
-                &connection,
-                &call,
-                &record.outbox,
-                &telemetry,
-            )
+            let destinations = no_breaker(&telemetry);
+            let pushed = Deliverer {
+                crm: &*crm,
+                store: &store,
+                clock: &SystemClock,
+                destinations: &destinations,
+                waits: &waits(),
+                telemetry: &telemetry,
+            }
+            .push_outbox(&connection, &call, &record.outbox, false)
             .await;
             let (mut record, version) = store.load(&call).await.unwrap().unwrap();
             record.mark_delivered(pushed.delivered_up_to.expect("delivered"));

@@ -127,9 +127,12 @@ fn each_functions_settings_read_from_what_the_template_gives_it() {
                 assert_eq!(settings.crm_timeout, Duration::from_millis(5_000));
                 assert_eq!(settings.crm_rest_url, None);
                 assert_eq!(settings.call_retention, Duration::from_secs(30 * 24 * 3600));
-                assert_eq!(settings.redelivery.initial, Duration::from_secs(1));
-                assert_eq!(settings.redelivery.max, Duration::from_secs(360));
-                assert_eq!(settings.redelivery.max_attempts, u32::MAX);
+                // 72 hours of retries, 250 ms doubling to 5 minutes (RELIABILITY.md).
+                assert_eq!(settings.retry.horizon, Duration::from_secs(72 * 3600));
+                assert_eq!(settings.retry.initial, Duration::from_millis(250));
+                assert_eq!(settings.retry.cap, Duration::from_secs(300));
+                assert_eq!(settings.breaker.open_after, 5);
+                assert_eq!(settings.breaker.probe_every, Duration::from_secs(30));
             }
             ingest if ingest.starts_with("functions/ingest-") => {
                 let settings =

@@ -54,19 +54,26 @@ impl Drop for TempDir {
 #[derive(Clone, Copy, Debug)]
 pub struct CrmSettings {
     pub timeout_ms: u64,
-    pub max_attempts: u32,
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
+    /// `[crm.retry]`, in seconds.
+    pub retry_horizon_secs: f64,
+    pub retry_initial_secs: f64,
+    pub retry_cap_secs: f64,
+    /// `[crm.breaker]`.
+    pub breaker_open_after: u32,
+    pub breaker_probe_every_secs: u64,
 }
 
 impl Default for CrmSettings {
-    /// Retries quick enough for a test, and attempts enough to outlast any outage a test makes.
+    /// Retries quick enough for a test, a horizon that outlasts any outage a test makes, and
+    /// a breaker that only a test about it lets open.
     fn default() -> Self {
         Self {
             timeout_ms: 5_000,
-            max_attempts: 1_000,
-            initial_backoff_ms: 20,
-            max_backoff_ms: 500,
+            retry_horizon_secs: 3_600.0,
+            retry_initial_secs: 0.02,
+            retry_cap_secs: 0.5,
+            breaker_open_after: 1_000_000,
+            breaker_probe_every_secs: 1,
         }
     }
 }
@@ -98,12 +105,23 @@ impl Setup {
              [crm]\n\
              url = {crm_url:?}\n\
              timeout_ms = {}\n\
-             max_attempts = {}\n\
-             initial_backoff_ms = {}\n\
-             max_backoff_ms = {}\n\
+             \n\
+             [crm.retry]\n\
+             horizon = {:?}\n\
+             initial = {:?}\n\
+             cap = {:?}\n\
+             \n\
+             [crm.breaker]\n\
+             open_after = {}\n\
+             probe_every = {}\n\
              \n\
              {connections}",
-            crm.timeout_ms, crm.max_attempts, crm.initial_backoff_ms, crm.max_backoff_ms,
+            crm.timeout_ms,
+            crm.retry_horizon_secs,
+            crm.retry_initial_secs,
+            crm.retry_cap_secs,
+            crm.breaker_open_after,
+            crm.breaker_probe_every_secs,
         );
         for (original, copy) in copies {
             text.push('\n');

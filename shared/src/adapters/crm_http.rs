@@ -6,9 +6,10 @@
 //! ours) and only `https://` URLs are taken, but for a loopback host (the local CRM recorder,
 //! the tests): see [`check_url`] and `docs/security.md`.
 
-use crate::domain::connection::{ApiCredentials, Connection};
+use crate::domain::connection::{ApiCredentials, Connection, DeliveryMode};
 use crate::domain::record::Delivery;
 use crate::domain::rest::{RestMethod, RestRequest};
+use crate::engine::breaker::destination_key;
 use crate::ports::{Crm, DeliveryOutcome, RestOutcome};
 use async_trait::async_trait;
 use reqwest::header::{LOCATION, RETRY_AFTER};
@@ -67,6 +68,21 @@ impl HttpCrm {
 
 #[async_trait]
 impl Crm for HttpCrm {
+    /// The connector at the URL the connection's deliveries go to, as a SHA-256 (the URL may
+    /// carry a secret): two connections of one connector share a breaker, another CRM behind
+    /// the same Morph keeps flowing.
+    fn destination(&self, connection: &Connection) -> String {
+        let url = match connection.delivery {
+            DeliveryMode::Events => &self.events_url,
+            DeliveryMode::Rest => &self.rest_url,
+        };
+        destination_key(&format!(
+            "{}\n{}",
+            url.as_deref().unwrap_or_default(),
+            connection.connector_id
+        ))
+    }
+
     async fn deliver(&self, connection: &Connection, delivery: &Delivery) -> DeliveryOutcome {
         let Some(url) = &self.events_url else {
             return not_configured("events", "crm.url (CRM_URL)");

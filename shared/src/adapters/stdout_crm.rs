@@ -122,6 +122,7 @@ mod tests {
             closed: None,
             received_at: None,
             attempted: false,
+            waiting: None,
         };
 
         assert_eq!(

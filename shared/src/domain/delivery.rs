@@ -22,9 +22,30 @@ pub struct Delivery {
     /// by the worker, which knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<Timestamp>,
-    /// Whether it was ever sent: the CRM may have applied it, so it keeps its key and body and
-    /// is never superseded ([`CallRecord::outbox_to_send`](super::record::CallRecord::outbox_to_send)). Left out while false, so records
-    /// stored before it read and write the same.
+    /// Whether it was ever sent and failed: the CRM may have applied it, so it keeps its key
+    /// and body and is never superseded ([`CallRecord::outbox_to_send`](super::record::CallRecord::outbox_to_send)). Left out while
+    /// false, so records stored before it read and write the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attempted: bool,
+    /// Since when it has waited on the CRM and how many of its sends failed: the retry
+    /// schedule's inputs (`engine::schedule`), kept with the delivery so that a restart, or
+    /// another worker, goes on where the last one stopped. Left out while it never waited, so
+    /// records stored before it read and write the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+/// How long a delivery has waited on the CRM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// When it was first held back (the destination's breaker open) or first failed: the
+    /// retry horizon counts from here.
+    pub since: Timestamp,
+    /// Sends that failed in a way retrying can fix since then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -3,7 +3,7 @@
 //! shape, so the rules live here and not in the adapters.
 
 use super::connection::{Connection, QueueCalls};
-pub use super::delivery::Delivery;
+pub use super::delivery::{Delivery, Waiting};
 use super::event::{CallEvent, EventKind, Provider};
 use super::fold::{View, fold, view};
 use super::resource::{MorphEventType, TelephonyCall, envelope, resource_id, to_resource};
@@ -339,19 +339,22 @@ impl CallRecord {
             closed: None,
             received_at: None,
             attempted: false,
+            waiting: None,
         });
         self.resource = Some(call);
     }
 
-    /// What of the outbox to send, oldest first: catch-up without a flood. An `updated` never
-    /// attempted is superseded by a later `updated` in the outbox, since every Morph event
-    /// carries the whole resource (`data.fields` in full, not the fields that changed), so the
-    /// later one's body is all the CRM needs. Kept are: every attempted revision (the CRM may
-    /// have applied it: same key, same body), the `created` (the CRM hears of the call
-    /// before any update of it), every `deleted` (which closes the call, in REST mode with
-    /// fields of its own), and the latest `updated`. Revisions stay in order; once the CRM
-    /// takes a later revision, [`CallRecord::mark_delivered`] drops the superseded ones too.
-    pub fn outbox_to_send(&self) -> Vec<&Delivery> {
+    /// What of the outbox to send, oldest first. Every revision, unless `catch_up` (the call
+    /// has waited on its CRM long enough to be catching up after an outage: the engine's
+    /// call, [`CallRecord::waiting_since`]): then an `updated` never attempted is superseded by
+    /// a later `updated` in the outbox, since every Morph event carries the whole resource
+    /// (`data.fields` in full, not the fields that changed), so the later one's body is all
+    /// the CRM needs. Kept are: every attempted revision (the CRM may have applied it: same
+    /// key, same body), the `created` (the CRM hears of the call before any update of it),
+    /// every `deleted` (which closes the call, in REST mode with fields of its own), and the
+    /// latest `updated`. Revisions stay in order; once the CRM takes a later revision,
+    /// [`CallRecord::mark_delivered`] drops the superseded ones too.
+    pub fn outbox_to_send(&self, catch_up: bool) -> Vec<&Delivery> {
         let latest_update = self
             .outbox
             .iter()
@@ -360,25 +363,59 @@ impl CallRecord {
             .iter()
             .enumerate()
             .filter(|&(i, d)| {
-                d.attempted || d.event != MorphEventType::Updated || Some(i) == latest_update
+                !catch_up
+                    || d.attempted
+                    || d.event != MorphEventType::Updated
+                    || Some(i) == latest_update
             })
             .map(|(_, d)| d)
             .collect()
     }
 
-    /// Records that `revision` was sent (before its answer is known, or with a failure): from
-    /// now on it is never superseded. Returns whether the record changed. A host marks it in
-    /// the write that records the failed attempt; a crash between the request and that write
+    /// Since when the longest-waiting delivery of the outbox has waited on the CRM.
+    pub fn waiting_since(&self) -> Option<Timestamp> {
+        self.outbox
+            .iter()
+            .filter_map(|d| d.waiting.map(|w| w.since))
+            .min()
+    }
+
+    /// Records that sending `revision` at `now` failed in a way retrying can fix: from now on
+    /// it is attempted (never superseded), and its schedule goes on from what is returned. A host records
+    /// it in one write after the failed attempt; a crash between the request and that write
     /// leaves it unmarked, and at worst a later revision supersedes it, whose body holds the
-    /// whole resource anyway.
-    pub fn mark_attempted(&mut self, revision: u64) -> bool {
-        match self.outbox.iter_mut().find(|d| d.revision == revision) {
-            Some(delivery) if !delivery.attempted => {
-                delivery.attempted = true;
-                true
-            }
-            _ => false,
-        }
+    /// whole resource anyway. `None`: no such revision waits.
+    pub fn note_failed(&mut self, revision: u64, now: Timestamp) -> Option<Waiting> {
+        let delivery = self.outbox.iter_mut().find(|d| d.revision == revision)?;
+        delivery.attempted = true;
+        let waiting = delivery.waiting.get_or_insert(Waiting {
+            since: now,
+            failed_attempts: 0,
+        });
+        waiting.failed_attempts = waiting.failed_attempts.saturating_add(1);
+        Some(*waiting)
+    }
+
+    /// Records that `revision` was held back at `now` (its destination's breaker open) and
+    /// returns since when it has waited. Returns whether the record changed too: only the
+    /// first hold writes.
+    pub fn note_held(&mut self, revision: u64, now: Timestamp) -> Option<(Waiting, bool)> {
+        let delivery = self.outbox.iter_mut().find(|d| d.revision == revision)?;
+        let first = delivery.waiting.is_none();
+        let waiting = *delivery.waiting.get_or_insert(Waiting {
+            since: now,
+            failed_attempts: 0,
+        });
+        Some((waiting, first))
+    }
+
+    /// Forgets how long `revision` waited, when it is parked: redriven by an operator, it gets
+    /// a whole horizon again. It stays attempted if it ever was (the CRM may have applied it).
+    pub fn clear_waiting(&mut self, revision: u64) -> bool {
+        self.outbox
+            .iter_mut()
+            .find(|d| d.revision == revision)
+            .is_some_and(|d| d.waiting.take().is_some())
     }
 
     /// Records that the CRM took every revision up to `revision`. An erased call forgets what
@@ -482,7 +519,12 @@ mod tests {
     #[test]
     fn a_call_never_attempted_sends_its_created_and_then_only_its_latest_state() {
         let record = four_revisions();
-        let sent = record.outbox_to_send();
+        assert_eq!(
+            revisions(&record.outbox_to_send(false)),
+            [1, 2, 3, 4],
+            "not catching up: every revision"
+        );
+        let sent = record.outbox_to_send(true);
         assert_eq!(revisions(&sent), [1, 4]);
         assert_eq!(sent[0].body["event"], "telephonyCall::created");
         let latest = &sent[1].body["data"]["fields"];
@@ -504,11 +546,30 @@ mod tests {
     fn an_attempted_revision_is_sent_again_with_its_own_key_and_body() {
         let mut record = four_revisions();
         let before = record.outbox.clone();
-        assert!(record.mark_attempted(1));
-        assert!(record.mark_attempted(2));
-        assert!(!record.mark_attempted(2), "marked once");
-        assert!(!record.mark_attempted(9), "no such revision");
-        let sent = record.outbox_to_send();
+        let at = |s: i64| Timestamp::from_micros(1_765_290_000_000_000 + s * 1_000_000).unwrap();
+        assert_eq!(record.note_failed(9, at(0)), None, "no such revision");
+        let first = record.note_failed(1, at(0)).unwrap();
+        assert_eq!((first.since, first.failed_attempts), (at(0), 1));
+        let again = record.note_failed(1, at(5)).unwrap();
+        assert_eq!((again.since, again.failed_attempts), (at(0), 2));
+        // Held back first, it waits since then; its failures count from there.
+        assert_eq!(
+            record.note_held(2, at(7)).unwrap(),
+            (
+                Waiting {
+                    since: at(7),
+                    failed_attempts: 0
+                },
+                true
+            )
+        );
+        assert!(
+            !record.note_held(2, at(8)).unwrap().1,
+            "the first hold writes, no other"
+        );
+        assert!(!record.outbox[1].attempted, "held back is not sent");
+        assert_eq!(record.note_failed(2, at(9)).unwrap().since, at(7));
+        let sent = record.outbox_to_send(true);
         assert_eq!(revisions(&sent), [1, 2, 4]);
         for (sent, stored) in sent.iter().zip([&before[0], &before[1]]) {
             assert_eq!(sent.idempotency_key, stored.idempotency_key);
@@ -521,7 +582,7 @@ mod tests {
         let mut record = four_revisions();
         record.mark_delivered(1);
         assert!(record.delete());
-        let sent = record.outbox_to_send();
+        let sent = record.outbox_to_send(true);
         assert_eq!(revisions(&sent), [4, 5]);
         assert_eq!(sent[1].body["event"], "telephonyCall::deleted");
         assert_eq!(
@@ -540,20 +601,33 @@ mod tests {
     }
 
     #[test]
-    fn the_attempted_mark_is_left_out_while_unset_and_read_as_unset_when_absent() {
+    fn the_wait_is_left_out_while_unset_and_read_as_unset_when_absent() {
         let mut record = four_revisions();
         let stored = serde_json::to_value(&record.outbox[0]).unwrap();
-        assert!(stored.get("attempted").is_none());
+        assert!(stored.get("waiting").is_none() && stored.get("attempted").is_none());
         let read: Delivery = serde_json::from_value(stored).unwrap();
         assert!(!read.attempted);
-        record.mark_attempted(1);
+        let since = Timestamp::from_micros(1_765_290_000_000_000).unwrap();
+        record.note_failed(1, since);
         let marked = serde_json::to_value(&record.outbox[0]).unwrap();
+        assert_eq!(marked["waiting"]["failed_attempts"], 1);
         assert_eq!(marked["attempted"], true);
-        assert!(
-            serde_json::from_value::<Delivery>(marked)
-                .unwrap()
-                .attempted
-        );
+        let read = serde_json::from_value::<Delivery>(marked).unwrap();
+        assert!(read.attempted);
+        assert_eq!(read.waiting.unwrap().since, since);
+    }
+
+    #[test]
+    fn a_parked_delivery_gets_a_whole_horizon_when_redriven_and_stays_attempted() {
+        let mut record = four_revisions();
+        let at = |s: i64| Timestamp::from_micros(1_765_290_000_000_000 + s * 1_000_000).unwrap();
+        record.note_failed(1, at(0));
+        assert!(record.clear_waiting(1));
+        assert!(!record.clear_waiting(1), "nothing to change");
+        assert!(!record.clear_waiting(2), "never waited");
+        assert_eq!(record.outbox[0].waiting, None);
+        assert!(record.outbox[0].attempted);
+        assert_eq!(record.note_failed(1, at(100)).unwrap().since, at(100));
     }
 
     #[test]

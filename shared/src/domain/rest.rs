@@ -255,6 +255,7 @@ mod tests {
             closed: None,
             received_at: None,
             attempted: false,
+            waiting: None,
         }
     }
 

@@ -1,68 +1,90 @@
 //! Delivery: a record's outbox goes to the CRM oldest first, and stops at the first delivery
 //! that does not go through, so a call's events never overtake each other; what the CRM took
-//! is written down, and what it did not is classified ([`Failure`]). When to try again is the
-//! host's choice (the local server retries on the [`RetryPolicy`]; the AWS worker has SQS
-//! redeliver the message after the same schedule's wait).
+//! is written down, and what it did not is classified ([`Failure`]). Before each delivery its
+//! destination is asked ([`Destinations`]: an open breaker holds it back, the rate limit paces
+//! it); after a failure retrying can fix, the retry schedule ([`RetrySchedule`]) says when to
+//! try again, or to park it once its horizon is past. The hosts only wait (the local server
+//! sleeps; the AWS worker hides the message until then) and park.
 
 use super::crash::{CrashPoint, crash_point};
+use super::destination::{Admission, Destinations};
 use super::failure::Failure;
 use super::rest_delivery::push_revision;
+use super::schedule::{Jitter, NextTry, RetrySchedule};
 use crate::domain::connection::{Connection, DeliveryMode};
-use crate::domain::record::{CallKey, CallRecord, Delivery};
+use crate::domain::record::{CallKey, CallRecord, Delivery, Waiting};
+use crate::domain::time::Timestamp;
 use crate::ports::{CallStore, Clock, Crm, DeliveryOutcome};
 use crate::telemetry::Telemetry;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+/// How a host waits: the retry schedule, and what its waiting costs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Waits {
+    pub schedule: RetrySchedule,
+    /// Each wait taken whole rather than a random share of it: on AWS, where every try is a
+    /// receive of the message and SQS counts at most 1,000 (the schedule's 874 whole waits in
+    /// 72 hours fit; its shortest waits would not).
+    pub whole: bool,
+    /// How long a call waits on its CRM before it catches up: its intermediate updates never
+    /// sent are superseded by its latest state ([`CallRecord::outbox_to_send`]). The breaker's
+    /// probe interval: a call held up that long is in an outage, not a hiccup.
+    pub catch_up_after: Duration,
+    /// The shortest wait of a delivery held back by an open breaker: none locally (the closing
+    /// wakes it); on AWS the schedule's cap, so that a held message too is received at most
+    /// once per cap while the CRM is down.
+    pub hold_at_least: Duration,
+}
+
+impl Waits {
+    /// The local server's: random shares, held deliveries woken by the closing.
+    pub fn local(schedule: RetrySchedule, catch_up_after: Duration) -> Self {
+        Self {
+            schedule,
+            catch_up_after,
+            whole: false,
+            hold_at_least: Duration::ZERO,
+        }
+    }
+
+    /// The AWS worker's: whole waits, held messages back once per cap.
+    pub fn aws(schedule: RetrySchedule, catch_up_after: Duration) -> Self {
+        Self {
+            schedule,
+            catch_up_after,
+            whole: true,
+            hold_at_least: schedule.cap,
+        }
+    }
+
+    fn jitter(&self) -> Jitter {
+        if self.whole {
+            Jitter::NONE
+        } else {
+            Jitter::share(rand::rng().random_range(0.5..=1.0))
+        }
+    }
+}
+
+/// Why a push stopped at a delivery.
+#[derive(Debug)]
+pub enum Stop {
+    /// The CRM's answer, other than taking it.
+    Answer(DeliveryOutcome),
+    /// Not sent: the destination's breaker is open until `until`.
+    Held { until: Timestamp },
+    /// Not sent: the breaker's state could not be read or written.
+    Unavailable(anyhow::Error),
+}
+
 /// What pushing an outbox achieved.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Pushed {
     /// The highest revision the CRM took, if any.
     pub delivered_up_to: Option<u64>,
     /// The delivery that did not go through, and why; the ones after it were not tried.
-    pub stopped_at: Option<(Delivery, DeliveryOutcome)>,
-}
-
-/// Pushes the outbox of `call` in order until one delivery does not go through; every attempt
-/// is logged and counted. A connection in REST mode writes what Morph gives back (its ids) to
-/// the call in `store` as it goes ([`super::rest_delivery`], its claims dated by `clock`); the
-/// runner then marks the delivered revisions as usual.
-pub async fn push_outbox(
-    crm: &dyn Crm,
-    store: &dyn CallStore,
-    clock: &dyn Clock,
-    connection: &Connection,
-    call: &CallKey,
-    outbox: &[Delivery],
-    telemetry: &Telemetry,
-) -> Pushed {
-    let mut delivered_up_to = None;
-    for delivery in outbox {
-        let started = Instant::now();
-        let outcome = match connection.delivery {
-            DeliveryMode::Events => crm.deliver(connection, delivery).await,
-            DeliveryMode::Rest => {
-                push_revision(crm, store, clock, connection, call, delivery).await
-            }
-        };
-        telemetry.delivery_attempt(connection, call, delivery, &outcome, started.elapsed());
-        match outcome {
-            DeliveryOutcome::Delivered => {
-                crash_point(CrashPoint::DeliveredNotMarked);
-                delivered_up_to = Some(delivery.revision);
-            }
-            outcome => {
-                return Pushed {
-                    delivered_up_to,
-                    stopped_at: Some((delivery.clone(), outcome)),
-                };
-            }
-        }
-    }
-    Pushed {
-        delivered_up_to,
-        stopped_at: None,
-    }
+    pub stopped_at: Option<(Delivery, Stop)>,
 }
 
 /// What delivering a call's outbox came to.
@@ -76,118 +98,262 @@ pub struct Delivered {
     pub stopped: Option<(Delivery, Failure)>,
 }
 
-/// Delivers `record`'s outbox past revision `after` (what the host delivered already) with
-/// [`push_outbox`], then writes down what the CRM took ([`CallRecord::mark_delivered`]); an
-/// erased call's deletion that the CRM refused is dropped, since the erasure does not wait on a
-/// refusal. An error is the store's; what the CRM did not take is in [`Delivered::stopped`].
-pub async fn deliver_outbox(
-    crm: &dyn Crm,
-    store: &dyn CallStore,
-    clock: &dyn Clock,
-    connection: &Connection,
-    record: CallRecord,
-    after: u64,
-    telemetry: &Telemetry,
-) -> anyhow::Result<Delivered> {
-    let outbox: Vec<Delivery> = record
-        .outbox
-        .iter()
-        .filter(|d| d.revision > after)
-        .cloned()
-        .collect();
-    if outbox.is_empty() {
-        return Ok(Delivered {
-            up_to: None,
-            record,
-            stopped: None,
-        });
+/// The deliver step with what it needs; hosts build one per call or batch (it only borrows).
+pub struct Deliverer<'a> {
+    pub crm: &'a dyn Crm,
+    pub store: &'a dyn CallStore,
+    pub clock: &'a dyn Clock,
+    pub destinations: &'a Destinations,
+    pub waits: &'a Waits,
+    pub telemetry: &'a Telemetry,
+}
+
+impl Deliverer<'_> {
+    /// Pushes `outbox` of `call` in order until one delivery does not go through; each is let
+    /// through by its destination first, and every attempt is logged and counted. A connection
+    /// in REST mode writes what Morph gives back (its ids) to the call as it goes
+    /// ([`super::rest_delivery`]); the caller then marks the delivered revisions. A call
+    /// catching up is `paced` by its destination's rate limit.
+    pub async fn push_outbox(
+        &self,
+        connection: &Connection,
+        call: &CallKey,
+        outbox: &[Delivery],
+        paced: bool,
+    ) -> Pushed {
+        let destination = self.crm.destination(connection);
+        let mut delivered_up_to = None;
+        for delivery in outbox {
+            let stop = |stop| Pushed {
+                delivered_up_to,
+                stopped_at: Some((delivery.clone(), stop)),
+            };
+            let permit = match self
+                .destinations
+                .admit(&destination, paced, self.clock)
+                .await
+            {
+                Ok(Admission::Send(permit)) => permit,
+                Ok(Admission::Hold { until }) => return stop(Stop::Held { until }),
+                Err(e) => return stop(Stop::Unavailable(e)),
+            };
+            let started = Instant::now();
+            let outcome = match connection.delivery {
+                DeliveryMode::Events => self.crm.deliver(connection, delivery).await,
+                DeliveryMode::Rest => {
+                    push_revision(self.crm, self.store, self.clock, connection, call, delivery)
+                        .await
+                }
+            };
+            self.telemetry.delivery_attempt(
+                connection,
+                call,
+                delivery,
+                &outcome,
+                started.elapsed(),
+            );
+            if let Err(e) = self
+                .destinations
+                .answered(&destination, permit, &outcome, self.clock)
+                .await
+            {
+                // The answer stands; only the breaker misses one count.
+                tracing::warn!(destination, error = %e, "cannot record the CRM's answer in its breaker");
+            }
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    crash_point(CrashPoint::DeliveredNotMarked);
+                    delivered_up_to = Some(delivery.revision);
+                }
+                outcome => return stop(Stop::Answer(outcome)),
+            }
+        }
+        Pushed {
+            delivered_up_to,
+            stopped_at: None,
+        }
     }
-    let call = record.key.clone();
-    let pushed = push_outbox(crm, store, clock, connection, &call, &outbox, telemetry).await;
-    let mut record = record;
-    if let Some(revision) = pushed.delivered_up_to {
-        record = store
-            .update(&call, &mut |record| {
-                let waiting = record.outbox.len();
-                record.mark_delivered(revision);
-                record.outbox.len() != waiting
-            })
-            .await?
-            .record;
-    }
-    let stopped = match pushed.stopped_at {
-        None => None,
-        Some((delivery, DeliveryOutcome::Reject { status, .. })) if record.erased_at.is_some() => {
-            tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
-            record = store
-                .update(&call, &mut |record| record.drop_refused(delivery.revision))
+
+    /// Delivers what of `record`'s outbox is to be sent ([`CallRecord::outbox_to_send`]: all of
+    /// it, or the latest state only once the call has waited [`Waits::catch_up_after`]) past
+    /// revision `after` (what the host delivered already) with [`Deliverer::push_outbox`],
+    /// then writes down in one write what the CRM took ([`CallRecord::mark_delivered`]) and
+    /// how long the delivery it stopped at has waited. An erased call's deletion that the CRM
+    /// refused is dropped, since the erasure does not wait on a refusal. An error is the
+    /// store's; what the CRM did not take is in [`Delivered::stopped`].
+    pub async fn deliver_outbox(
+        &self,
+        connection: &Connection,
+        record: CallRecord,
+        after: u64,
+    ) -> anyhow::Result<Delivered> {
+        let catch_up = record
+            .waiting_since()
+            .is_some_and(|since| later(since, self.waits.catch_up_after) <= self.clock.now());
+        let outbox: Vec<Delivery> = record
+            .outbox_to_send(catch_up)
+            .into_iter()
+            .filter(|d| d.revision > after)
+            .cloned()
+            .collect();
+        if outbox.is_empty() {
+            return Ok(Delivered {
+                up_to: None,
+                record,
+                stopped: None,
+            });
+        }
+        let call = record.key.clone();
+        let pushed = self.push_outbox(connection, &call, &outbox, catch_up).await;
+        let now = self.clock.now();
+        let erased = record.erased_at.is_some();
+        let refused_erasure =
+            |stop: &Stop| erased && matches!(stop, Stop::Answer(DeliveryOutcome::Reject { .. }));
+        let stopped_at = pushed.stopped_at;
+        let mut waited: Option<Waiting> = None;
+        let mut record = record;
+        let stopped_revision = stopped_at.as_ref().map(|(d, _)| d.revision);
+        if pushed.delivered_up_to.is_some() || stopped_at.is_some() {
+            record = self
+                .store
+                .update(&call, &mut |record| {
+                    let mut changed = false;
+                    if let Some(revision) = pushed.delivered_up_to {
+                        let waiting = record.outbox.len();
+                        record.mark_delivered(revision);
+                        changed |= record.outbox.len() != waiting;
+                    }
+                    waited = None;
+                    match (&stopped_at, stopped_revision) {
+                        (Some((_, stop)), Some(revision)) if refused_erasure(stop) => {
+                            changed |= record.drop_refused(revision);
+                        }
+                        (
+                            Some((_, Stop::Answer(DeliveryOutcome::Retry { .. }))),
+                            Some(revision),
+                        ) => {
+                            waited = record.note_failed(revision, now);
+                            changed |= waited.is_some();
+                        }
+                        (Some((_, Stop::Held { .. })), Some(revision)) => {
+                            if let Some((waiting, first)) = record.note_held(revision, now) {
+                                waited = Some(waiting);
+                                changed |= first;
+                            }
+                        }
+                        _ => {}
+                    }
+                    changed
+                })
                 .await?
                 .record;
-            None
         }
-        Some((delivery, outcome)) => {
-            let failure = Failure::of_delivery(&delivery, outcome);
-            Some((delivery, failure))
-        }
-    };
-    Ok(Delivered {
-        up_to: pushed.delivered_up_to,
-        record,
-        stopped,
-    })
-}
-
-/// The retry schedule: exponential backoff from `initial` doubling up to `max`, each wait drawn
-/// between half and all of it (jitter), never sooner than the CRM's `Retry-After` (itself capped
-/// at `max`), for at most `max_attempts` attempts. With the defaults (12 attempts, 250 ms, 60 s)
-/// the 11 waits add up to at most 243.75 s ([`RetryPolicy::worst_case_total`]; at least half
-/// that), so with every attempt taking the whole 5 s timeout a delivery is parked at most about
-/// 5 minutes after its first try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    /// The wait before attempt `attempt + 1`, after `attempt` failed attempts (1-based), or
-    /// `None` when the attempts are used up.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        self.delay_with_jitter(attempt, retry_after, rand::rng().random_range(0.5..=1.0))
-    }
-
-    /// [`RetryPolicy::delay`] with its jitter given: the share of the full wait taken, from
-    /// 0.5 to 1 (a share outside takes the nearest bound).
-    pub fn delay_with_jitter(
-        &self,
-        attempt: u32,
-        retry_after: Option<Duration>,
-        jitter: f64,
-    ) -> Option<Duration> {
-        if attempt >= self.max_attempts {
-            return None;
-        }
-        let jittered = self.full_wait(attempt).mul_f64(jitter.clamp(0.5, 1.0));
-        Some(match retry_after {
-            Some(asked) => jittered.max(asked.min(self.max)),
-            None => jittered,
+        let stopped = match stopped_at {
+            None => None,
+            Some((delivery, stop)) if refused_erasure(&stop) => {
+                if let Stop::Answer(DeliveryOutcome::Reject { status, .. }) = stop {
+                    tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, status, "the CRM refused the deletion of an erased call: the call is forgotten all the same");
+                }
+                None
+            }
+            Some((delivery, stop)) => {
+                let failure = self.failure(&call, &delivery, stop, waited, now).await?;
+                Some((delivery, failure))
+            }
+        };
+        Ok(Delivered {
+            up_to: pushed.delivered_up_to,
+            record,
+            stopped,
         })
     }
 
-    /// The longest the whole schedule can take, jitter aside.
-    pub fn worst_case_total(&self) -> Duration {
-        (1..self.max_attempts)
-            .map(|attempt| self.full_wait(attempt))
-            .sum()
+    /// What a stop means for the call: a wait until the next try or probe, or parked (a
+    /// refusal, an uncertain create, or the horizon past, which also forgets how long it
+    /// waited, so that a redrive gets a whole horizon again).
+    async fn failure(
+        &self,
+        call: &CallKey,
+        delivery: &Delivery,
+        stop: Stop,
+        waited: Option<Waiting>,
+        now: Timestamp,
+    ) -> anyhow::Result<Failure> {
+        let (reason, retry_after, until) = match stop {
+            Stop::Unavailable(e) => return Ok(Failure::retry(e)),
+            Stop::Held { until } => {
+                self.telemetry.held();
+                let until = until.max(later(now, self.waits.hold_at_least));
+                (
+                    format!(
+                        "the CRM destination's breaker is open: {} is held back",
+                        delivery.idempotency_key
+                    ),
+                    None,
+                    Some(until),
+                )
+            }
+            Stop::Answer(outcome) => match Failure::of_delivery(delivery, outcome) {
+                Failure::Retry {
+                    reason,
+                    retry_after,
+                } => (reason, retry_after, None),
+                settled => return Ok(settled),
+            },
+        };
+        // The store lost the revision meanwhile (delivered by another worker): try at once.
+        let Some(waiting) = waited else {
+            return Ok(Failure::Wait { reason, until: now });
+        };
+        let stopped_by_failure = until.is_none();
+        let next = match until {
+            Some(until) if until <= self.horizon_end(waiting) => NextTry::At(until),
+            Some(_) => NextTry::Park {
+                ended: self.horizon_end(waiting),
+            },
+            None => self.waits.schedule.next_try(
+                waiting.since,
+                waiting.failed_attempts,
+                now,
+                retry_after,
+                self.waits.jitter(),
+            ),
+        };
+        Ok(match next {
+            NextTry::At(until) => {
+                if stopped_by_failure {
+                    self.telemetry.retried();
+                }
+                Failure::Wait { reason, until }
+            }
+            NextTry::Park { ended } => {
+                self.store
+                    .update(call, &mut |record| record.clear_waiting(delivery.revision))
+                    .await?;
+                Failure::Park {
+                    reason: format!(
+                        "tried since {} until the retry horizon ended at {}: {reason}",
+                        waiting.since, ended
+                    ),
+                    crm_status: None,
+                    crm_answer: None,
+                }
+            }
+        })
     }
 
-    /// The wait after `attempt` failed attempts before the jitter takes its share.
-    fn full_wait(&self, attempt: u32) -> Duration {
-        self.initial
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max)
+    fn horizon_end(&self, waiting: Waiting) -> Timestamp {
+        later(waiting.since, self.waits.schedule.horizon)
     }
+}
+
+/// `at` plus `wait`, or `at` past the instants a [`Timestamp`] holds.
+fn later(at: Timestamp, wait: Duration) -> Timestamp {
+    i64::try_from(wait.as_micros())
+        .ok()
+        .and_then(|micros| at.as_micros().checked_add(micros))
+        .and_then(|micros| Timestamp::from_micros(micros).ok())
+        .unwrap_or(at)
 }
 
 #[cfg(test)]
@@ -197,6 +363,9 @@ mod tests {
     use crate::domain::event::Provider;
     use crate::domain::resource::MorphEventType;
     use crate::domain::time::Timestamp;
+    use crate::engine::breaker::BreakerSettings;
+    use crate::engine::destination::MemoryBreakers;
+    use crate::engine::rate_limit::RateLimit;
     use crate::telemetry::InMemoryMetrics;
     use async_trait::async_trait;
     use std::sync::{Arc, Mutex};
@@ -242,6 +411,8 @@ mod tests {
                 revision,
                 event: if Some(&revision) == revisions.last() {
                     last
+                } else if Some(&revision) == revisions.first() {
+                    MorphEventType::Created
                 } else {
                     MorphEventType::Updated
                 },
@@ -250,10 +421,46 @@ mod tests {
                 closed: None,
                 received_at: None,
                 attempted: false,
+                waiting: None,
             });
         }
         store.save(&record, None).await.unwrap();
         record
+    }
+
+    fn destinations() -> Destinations {
+        Destinations::new(
+            Arc::new(MemoryBreakers::default()),
+            BreakerSettings::default(),
+            RateLimit {
+                per_second: 1e6,
+                burst: 1_000,
+            },
+            Telemetry::new(Arc::new(InMemoryMetrics::default())),
+        )
+    }
+
+    async fn deliver_with(
+        crm: &Scripted,
+        store: &MemoryStore,
+        destinations: &Destinations,
+        waits: &Waits,
+        record: CallRecord,
+        after: u64,
+    ) -> Delivered {
+        let connection = crate::config::test_connection("").unwrap();
+        let telemetry = Telemetry::new(Arc::new(InMemoryMetrics::default()));
+        Deliverer {
+            crm,
+            store,
+            clock: &SetClock,
+            destinations,
+            waits,
+            telemetry: &telemetry,
+        }
+        .deliver_outbox(&connection, record, after)
+        .await
+        .unwrap()
     }
 
     async fn deliver(
@@ -262,19 +469,8 @@ mod tests {
         record: CallRecord,
         after: u64,
     ) -> Delivered {
-        let connection = crate::config::test_connection("").unwrap();
-        let telemetry = Telemetry::new(Arc::new(InMemoryMetrics::default()));
-        deliver_outbox(
-            crm,
-            store,
-            &SetClock,
-            &connection,
-            record,
-            after,
-            &telemetry,
-        )
-        .await
-        .unwrap()
+        let waits = Waits::aws(RetrySchedule::default(), Duration::from_secs(30));
+        deliver_with(crm, store, &destinations(), &waits, record, after).await
     }
 
     fn stored_outbox(store: &MemoryStore) -> Vec<u64> {
@@ -344,77 +540,151 @@ mod tests {
         assert!(delivered.record.outbox.is_empty());
     }
 
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
+    fn unavailable() -> DeliveryOutcome {
+        DeliveryOutcome::Retry {
+            reason: "HTTP 503".into(),
+            retry_after: None,
         }
     }
 
-    #[test]
-    fn backoff_grows_with_jitter_and_stops() {
-        let p = policy();
-        for _ in 0..100 {
-            let first = p.delay(1, None).unwrap();
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let fourth = p.delay(4, None).unwrap();
-            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
-        }
-        assert_eq!(p.delay(5, None), None);
-        assert_eq!(
-            p.worst_case_total(),
-            Duration::from_millis(100 + 200 + 400 + 800)
-        );
+    fn seconds_after(at: Timestamp, seconds: f64) -> Timestamp {
+        Timestamp::from_micros(at.as_micros() + (seconds * 1e6) as i64).unwrap()
     }
 
-    #[test]
-    fn the_default_schedule_is_the_documented_one() {
-        let crm = crate::config::CrmConfig::default();
-        let defaults = RetryPolicy {
-            max_attempts: crm.max_attempts,
-            initial: Duration::from_millis(crm.initial_backoff_ms),
-            max: Duration::from_millis(crm.max_backoff_ms),
-        };
-        assert_eq!(
-            defaults,
-            RetryPolicy {
-                max_attempts: 12,
-                initial: Duration::from_millis(250),
-                max: Duration::from_secs(60),
-            }
-        );
-        assert_eq!(defaults.worst_case_total(), Duration::from_millis(243_750));
-        assert_eq!(crm.timeout_ms, 5_000);
-    }
-
-    #[test]
-    fn the_jitter_given_is_the_share_of_the_full_wait_taken() {
-        let p = policy();
-        assert_eq!(
-            p.delay_with_jitter(4, None, 0.5),
-            Some(Duration::from_millis(400))
-        );
-        assert_eq!(
-            p.delay_with_jitter(4, None, 1.0),
-            Some(Duration::from_millis(800))
-        );
-        assert_eq!(
-            p.delay_with_jitter(4, None, 3.0),
-            Some(Duration::from_millis(800))
-        );
-        assert_eq!(p.delay_with_jitter(5, None, 1.0), None);
-    }
-
-    #[test]
-    fn retry_after_is_a_floor_within_the_cap() {
-        let p = policy();
+    #[tokio::test]
+    async fn a_failure_retrying_can_fix_waits_on_the_schedule_counted_in_the_record() {
+        let store = MemoryStore::default();
+        let record = waiting(&store, &[1], MorphEventType::Created).await;
+        let crm = Scripted::new(vec![unavailable(), unavailable()]);
+        let first = deliver(&crm, &store, record, 0).await;
+        let (_, failure) = first.stopped.expect("stopped");
+        // The whole first wait of the schedule: 250 ms after the failure.
         assert!(
-            p.delay(1, Some(Duration::from_millis(700))).unwrap() >= Duration::from_millis(700)
+            matches!(failure, Failure::Wait { until, .. } if until == seconds_after(SetClock.now(), 0.25)),
+            "{failure:?}"
         );
+        let kept = store.records()[0].outbox[0].clone();
+        assert!(kept.attempted);
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(30))),
-            Some(Duration::from_secs(1))
+            kept.waiting,
+            Some(Waiting {
+                since: SetClock.now(),
+                failed_attempts: 1
+            })
+        );
+        let second = deliver(&crm, &store, store.records()[0].clone(), 0).await;
+        let (_, failure) = second.stopped.expect("stopped");
+        assert!(
+            matches!(failure, Failure::Wait { until, .. } if until == seconds_after(SetClock.now(), 0.5)),
+            "the second wait doubles: {failure:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_horizon_it_is_parked_and_forgets_how_long_it_waited() {
+        let store = MemoryStore::default();
+        let mut record = waiting(&store, &[1], MorphEventType::Created).await;
+        // Failing since 71 h 58 min: the next whole wait (5 min) falls past 72 h.
+        let since = seconds_after(SetClock.now(), -(71.0 * 3600.0 + 58.0 * 60.0));
+        record.outbox[0].waiting = Some(Waiting {
+            since,
+            failed_attempts: 800,
+        });
+        let version = store.load(&record.key).await.unwrap().unwrap().1;
+        store.save(&record, Some(version)).await.unwrap();
+        let crm = Scripted::new(vec![unavailable()]);
+        let delivered = deliver(&crm, &store, record, 0).await;
+        let (_, failure) = delivered.stopped.expect("stopped");
+        assert!(
+            matches!(&failure, Failure::Park { reason, .. } if reason.contains("retry horizon")),
+            "{failure:?}"
+        );
+        let kept = &store.records()[0].outbox[0];
+        assert_eq!(kept.waiting, None, "a redrive gets a whole horizon");
+        assert!(kept.attempted, "and keeps its key and body");
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_holds_every_call_without_sending_until_its_probe() {
+        let store = MemoryStore::default();
+        let destinations = destinations();
+        let waits = Waits::local(RetrySchedule::default(), Duration::from_secs(30));
+        let crm = Scripted::new(vec![unavailable(); 5]);
+        // Five calls failing once each open the breaker of their one destination.
+        for call in 0..5 {
+            let mut record = CallRecord::new(CallKey::new(
+                "acme",
+                Provider::Telsmart,
+                &format!("call-{call}"),
+            ));
+            record.outbox = waiting(&MemoryStore::default(), &[1], MorphEventType::Created)
+                .await
+                .outbox;
+            store.save(&record, None).await.unwrap();
+            deliver_with(&crm, &store, &destinations, &waits, record, 0).await;
+        }
+        let mut sixth = CallRecord::new(CallKey::new("acme", Provider::Telsmart, "call-5"));
+        sixth.outbox = waiting(&MemoryStore::default(), &[1], MorphEventType::Created)
+            .await
+            .outbox;
+        store.save(&sixth, None).await.unwrap();
+        let held = deliver_with(&crm, &store, &destinations, &waits, sixth.clone(), 0).await;
+        assert_eq!(
+            crm.got.lock().unwrap().len(),
+            5,
+            "the sixth call sends nothing"
+        );
+        let (_, failure) = held.stopped.expect("held");
+        assert!(
+            matches!(failure, Failure::Wait { until, .. } if until == seconds_after(SetClock.now(), 30.0)),
+            "held until the probe: {failure:?}"
+        );
+        let kept = store.load(&sixth.key).await.unwrap().unwrap().0;
+        assert_eq!(
+            kept.outbox[0].waiting,
+            Some(Waiting {
+                since: SetClock.now(),
+                failed_attempts: 0
+            }),
+            "the horizon counts from the first hold"
+        );
+        assert!(
+            !kept.outbox[0].attempted,
+            "never sent: it may be superseded"
+        );
+        // On AWS a held message comes back once per cap at most.
+        let aws = deliver_with(
+            &crm,
+            &store,
+            &destinations,
+            &Waits::aws(RetrySchedule::default(), Duration::from_secs(30)),
+            kept,
+            0,
+        )
+        .await;
+        assert!(
+            matches!(aws.stopped, Some((_, Failure::Wait { until, .. })) if until == seconds_after(SetClock.now(), 300.0))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_catching_up_sends_its_created_and_its_latest_state_only() {
+        let store = MemoryStore::default();
+        let mut record = waiting(&store, &[1, 2, 3, 4], MorphEventType::Updated).await;
+        // Held back by an open breaker for the probe interval: catching up.
+        record.outbox[0].waiting = Some(Waiting {
+            since: seconds_after(SetClock.now(), -30.0),
+            failed_attempts: 0,
+        });
+        let version = store.load(&record.key).await.unwrap().unwrap().1;
+        store.save(&record, Some(version)).await.unwrap();
+        let crm = Scripted::new(vec![DeliveryOutcome::Delivered; 2]);
+        let delivered = deliver(&crm, &store, record, 0).await;
+        assert_eq!(*crm.got.lock().unwrap(), [1, 4]);
+        assert_eq!(delivered.up_to, Some(4));
+        assert!(
+            stored_outbox(&store).is_empty(),
+            "the superseded ones are dropped"
         );
     }
 }

@@ -1,18 +1,23 @@
 //! What a step that did not go through means for its call, decided once for both hosts: worth
-//! another try, parked until an operator acts, or never possible as it is. The hosts only
-//! schedule what follows (the local server sleeps and retries on its `RetryPolicy` and parks in
-//! its store; the AWS worker has SQS redeliver the message or moves it to the dead-letter
+//! another try (at an instant the engine chose, or soon), parked until an operator acts, or
+//! never possible as it is. The hosts only carry it out (the local server sleeps and parks in
+//! its store; the AWS worker hides the message until then, or moves it to the dead-letter
 //! queue).
 
 use crate::domain::record::{Delivery, RecordError};
+use crate::domain::time::Timestamp;
 use crate::ports::DeliveryOutcome;
 use std::fmt::Display;
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// Worth another try (the store or the CRM unavailable, too little time left), not before
-    /// the CRM's `Retry-After` when it gave one.
+    /// A delivery to try again at `until`: the retry schedule's next try after a failure
+    /// retrying can fix, or the next probe of its destination's open breaker.
+    Wait { reason: String, until: Timestamp },
+    /// Worth another try soon (the store unavailable, too little time left; the CRM's answer
+    /// before the schedule turns it into a [`Failure::Wait`]), not before the CRM's
+    /// `Retry-After` when it gave one.
     Retry {
         reason: String,
         retry_after: Option<Duration>,
@@ -93,9 +98,10 @@ impl Failure {
                 crm_answer: Some(answer),
                 ..
             } => format!("{reason}: {answer}"),
-            Self::Retry { reason, .. } | Self::Park { reason, .. } | Self::Poison { reason } => {
-                reason.clone()
-            }
+            Self::Wait { reason, .. }
+            | Self::Retry { reason, .. }
+            | Self::Park { reason, .. }
+            | Self::Poison { reason } => reason.clone(),
         }
     }
 }
@@ -115,6 +121,7 @@ mod tests {
             closed: None,
             received_at: None,
             attempted: false,
+            waiting: None,
         }
     }
 

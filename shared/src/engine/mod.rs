@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod contacts;
 pub mod crash;
 pub mod deliver;
+pub mod destination;
 pub mod failure;
 pub mod ingest;
 pub mod observe;

@@ -2,9 +2,6 @@
 //! retry schedule of issue 11, one for both hosts. Pure: the hosts give it the instants (their
 //! [`crate::ports::Clock`]) and the jitter, and it answers.
 //!
-//! Not yet wired: `engine::deliver`'s `RetryPolicy` still runs both hosts (RELIABILITY.md,
-//! "CRM outages (issue 11) — design").
-//!
 //! What retrying can fix is told apart where the CRM's answer is read
 //! (`adapters::crm_http`: connection errors, timeouts, 5xx, 408, 409, 425 and 429 are retried;
 //! other 4xx, and a REST create whose outcome is unknown, are parked at once); this schedule is
@@ -94,16 +91,31 @@ impl RetrySchedule {
         jitter: Jitter,
     ) -> NextTry {
         let ended = later(first_failure, self.horizon);
-        let mut wait = self.full_wait(failed_attempts).mul_f64(jitter.0);
-        if let Some(asked) = retry_after {
-            wait = wait.max(asked.min(self.cap));
-        }
-        match (later(now, wait), ended) {
+        match (
+            later(now, self.wait(failed_attempts, retry_after, jitter)),
+            ended,
+        ) {
             (Some(at), Some(ended)) if at <= ended => NextTry::At(at),
             (_, Some(ended)) => NextTry::Park { ended },
             // A horizon past the year 2099 (a mistaken configuration) ends where time does.
             (Some(at), None) => NextTry::At(at),
             (None, None) => NextTry::Park { ended: now },
+        }
+    }
+
+    /// The wait after `failed_attempts` failed attempts: `jitter`'s share of the full wait,
+    /// never shorter than `retry_after` taken up to the cap. The AWS worker waits so too for
+    /// what is not the CRM's (the store unavailable), counting the message's receives.
+    pub fn wait(
+        &self,
+        failed_attempts: u32,
+        retry_after: Option<Duration>,
+        jitter: Jitter,
+    ) -> Duration {
+        let wait = self.full_wait(failed_attempts).mul_f64(jitter.0);
+        match retry_after {
+            Some(asked) => wait.max(asked.min(self.cap)),
+            None => wait,
         }
     }
 

@@ -4,7 +4,10 @@
 //! ports'.
 
 use super::masking::mask_number;
-use super::metrics::{DELIVERIES, DELIVERIES_PARKED, DELIVERY_LATENCY, Metrics, RETRIES};
+use super::metrics::{
+    BREAKER_CLOSED, BREAKER_OPEN_SECONDS, BREAKER_OPENED, DELIVERIES, DELIVERIES_HELD,
+    DELIVERIES_PARKED, DELIVERY_LATENCY, Metrics, RETRIES,
+};
 use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, Delivery};
 use crate::ports::DeliveryOutcome;
@@ -126,6 +129,23 @@ impl Telemetry {
     pub fn parked(&self) {
         self.count(DELIVERIES_PARKED, &[]);
     }
+
+    /// A delivery held back by its destination's open breaker (not an attempt).
+    pub fn held(&self) {
+        self.count(DELIVERIES_HELD, &[]);
+    }
+
+    /// A CRM destination's breaker opened (the log line is the engine's, which knows the
+    /// settings).
+    pub fn breaker_opened(&self) {
+        self.count(BREAKER_OPENED, &[]);
+    }
+
+    /// A CRM destination's breaker closed after `open_for`.
+    pub fn breaker_closed(&self, open_for: Duration) {
+        self.count(BREAKER_CLOSED, &[]);
+        self.measure(|| histogram!(BREAKER_OPEN_SECONDS).record(open_for.as_secs_f64()));
+    }
 }
 
 pub(crate) fn millis(duration: Duration) -> f64 {
@@ -177,6 +197,7 @@ pub(crate) mod tests {
             closed: None,
             received_at: Some(received.unwrap()),
             attempted: false,
+            waiting: None,
         };
         let took = Duration::from_millis(20);
         let lines = json_lines(|| {

@@ -20,6 +20,10 @@ pub const DELIVERIES: &str = "Deliveries";
 pub const DELIVERY_LATENCY: &str = "DeliveryLatency";
 pub const RETRIES: &str = "Retries";
 pub const DELIVERIES_PARKED: &str = "DeliveriesParked";
+pub const DELIVERIES_HELD: &str = "DeliveriesHeld";
+pub const BREAKER_OPENED: &str = "CrmBreakerOpened";
+pub const BREAKER_CLOSED: &str = "CrmBreakerClosed";
+pub const BREAKER_OPEN_SECONDS: &str = "CrmBreakerOpenSeconds";
 
 /// The `Outcome`s of [`DELIVERIES`].
 pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "retry", "refused", "uncertain"];
@@ -67,6 +71,26 @@ pub fn describe(recorder: &dyn Recorder) {
             DELIVERIES_PARKED,
             Unit::Count,
             "deliveries set aside until an operator acts on them"
+        );
+        describe_counter!(
+            DELIVERIES_HELD,
+            Unit::Count,
+            "deliveries held back while their CRM destination's breaker is open"
+        );
+        describe_counter!(
+            BREAKER_OPENED,
+            Unit::Count,
+            "CRM destinations whose breaker opened (the CRM failing call after call)"
+        );
+        describe_counter!(
+            BREAKER_CLOSED,
+            Unit::Count,
+            "CRM destinations whose breaker closed (a probe went through)"
+        );
+        describe_histogram!(
+            BREAKER_OPEN_SECONDS,
+            Unit::Seconds,
+            "how long a CRM destination's breaker stayed open"
         );
     });
 }

@@ -84,7 +84,8 @@ impl DynamoCalls {
                 .expression_attribute_names("#version", VERSION)
                 .set_exclusive_start_key(start);
             let scan = match filter {
-                CallFilter::All => scan,
+                // Not the CRM destinations' breakers, kept in the same table.
+                CallFilter::All => scan.filter_expression("attribute_exists(#record)"),
                 CallFilter::Undelivered => scan
                     .filter_expression("#pending > :none")
                     .expression_attribute_names("#pending", PENDING)

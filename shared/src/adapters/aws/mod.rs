@@ -2,6 +2,8 @@
 //!
 //! - [`sqs_queue::SqsQueue`]: the SQS FIFO queue of webhooks, one message group per call.
 //! - [`dynamo_calls::DynamoCalls`]: the calls' records.
+//! - [`dynamo_breakers::DynamoBreakers`]: the CRM destinations' breakers, shared by the
+//!   workers, in the calls table.
 //! - [`dynamo_connections::DynamoConnections`]: the connections, read by both functions,
 //!   written by `callbridge connections import`.
 //! - [`dynamo_users::DynamoUsers`]: the users activated through Telsmart's onboarding, written
@@ -13,6 +15,7 @@
 //!
 //! The SDK crates are re-exported: their types are part of this module's interface.
 
+pub mod dynamo_breakers;
 pub mod dynamo_calls;
 pub mod dynamo_connections;
 pub mod dynamo_users;

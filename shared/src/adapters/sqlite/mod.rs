@@ -1013,6 +1013,7 @@ mod tests {
             closed: None,
             received_at: None,
             attempted: false,
+            waiting: None,
         });
         store.save(&record, None).await.unwrap();
         assert_eq!(store.undelivered_calls().await.unwrap(), [key("c1")]);

@@ -1,16 +1,19 @@
 //! When a message the worker hands back comes again. Left to SQS, it would stay hidden for the
 //! queue's whole visibility timeout (6 minutes), far too long for an incoming call's popup
-//! held up by one 503 of the CRM. So the worker hides each message it hands back for a retry
-//! worth trying ([`RetryPolicy`], the local server's schedule: attempt n is the message's n-th
-//! receive), never shorter than the CRM's `Retry-After`. The queue's `maxReceiveCount`, not
-//! the schedule, bounds the attempts.
+//! held up by one 503 of the CRM. So the worker hides each message it hands back until the
+//! engine's next try for its delivery ([`crate::engine::failure::Failure::Wait`]: the retry
+//! schedule, or the next probe of an open breaker), or, for a failure that is not the CRM's
+//! (the store unavailable), for the schedule's wait after that many receives
+//! ([`RetrySchedule::wait`]), never shorter than a `Retry-After`. The engine parks a delivery
+//! past its horizon; the queue's `maxReceiveCount` (1,000) is only a backstop above the
+//! schedule's 874 receives.
 //!
 //! The later messages of the call that are handed back with it get the same wait: FIFO hands
 //! out none of a call's messages while one of them is hidden, so the call comes back when its
 //! last message does. A change SQS does not take leaves the message hidden for the queue's
 //! visibility timeout: it comes back later, nothing more.
 
-use crate::engine::deliver::RetryPolicy;
+use crate::engine::schedule::{Jitter, RetrySchedule};
 use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -26,12 +29,12 @@ const MAX_BATCH_ENTRIES: usize = 10;
 pub struct Redelivery {
     sqs: Client,
     queue_url: String,
-    schedule: RetryPolicy,
+    schedule: RetrySchedule,
 }
 
 impl Redelivery {
     /// Sets when the messages of the queue at `queue_url` come back, on `schedule`.
-    pub fn new(sqs: Client, queue_url: impl Into<String>, schedule: RetryPolicy) -> Self {
+    pub fn new(sqs: Client, queue_url: impl Into<String>, schedule: RetrySchedule) -> Self {
         Self {
             sqs,
             queue_url: queue_url.into(),
@@ -41,12 +44,11 @@ impl Redelivery {
 
     /// How long a message that failed on its `receive_count`-th receive stays hidden.
     pub fn backoff(&self, receive_count: u32, retry_after: Option<Duration>) -> Duration {
-        hidden_for(
-            &self.schedule,
-            receive_count,
+        whole_seconds(self.schedule.wait(
+            receive_count.max(1),
             retry_after,
-            rand::rng().random_range(0.5..=1.0),
-        )
+            Jitter::share(rand::rng().random_range(0.5..=1.0)),
+        ))
     }
 
     /// Hides each message for its wait, within `time_left` (the invocation's: a change still
@@ -134,18 +136,9 @@ pub fn receive_count(message: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
-/// The schedule's wait after `receive_count` failed attempts, with `jitter` (0.5 to 1) of it
-/// taken, and the CRM's `Retry-After` as its floor; in the whole seconds SQS takes, rounded up
-/// so the floor holds and a wait is never 0 (which would hand the message out again at once).
-fn hidden_for(
-    schedule: &RetryPolicy,
-    receive_count: u32,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Duration {
-    let wait = schedule
-        .delay_with_jitter(receive_count.max(1), retry_after, jitter)
-        .unwrap_or(schedule.max);
+/// A wait in the whole seconds SQS takes, rounded up so that a floor (`Retry-After`) holds and
+/// never 0 (which would hand the message out again at once), within SQS's limit.
+pub fn whole_seconds(wait: Duration) -> Duration {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     Duration::from_secs(seconds.max(1)).min(MAX_VISIBILITY)
 }
@@ -154,62 +147,17 @@ fn hidden_for(
 mod tests {
     use super::*;
 
-    /// The template's: 1 s doubling up to the queue's visibility timeout.
-    fn schedule() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: u32::MAX,
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(360),
-        }
-    }
-
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }
 
     #[test]
-    fn the_wait_doubles_with_each_receive_up_to_the_visibility_timeout() {
-        let full: Vec<u64> = (1..=12)
-            .map(|count| hidden_for(&schedule(), count, None, 1.0).as_secs())
-            .collect();
-        assert_eq!(full, [1, 2, 4, 8, 16, 32, 64, 128, 256, 360, 360, 360]);
-        assert_eq!(hidden_for(&schedule(), 500, None, 1.0), secs(360));
-        assert_eq!(hidden_for(&schedule(), u32::MAX, None, 1.0), secs(360));
-    }
-
-    #[test]
-    fn the_jitter_takes_half_to_all_of_the_wait_in_whole_seconds_never_zero() {
-        for count in 1..40 {
-            let full = hidden_for(&schedule(), count, None, 1.0);
-            for jitter in [0.5, 0.6, 0.75, 0.99] {
-                let wait = hidden_for(&schedule(), count, None, jitter);
-                assert!(wait >= full / 2 && wait <= full, "{count}: {wait:?}");
-                assert!(wait >= secs(1));
-            }
-        }
-        assert_eq!(hidden_for(&schedule(), 1, None, 0.5), secs(1));
-        assert_eq!(hidden_for(&schedule(), 4, None, 0.6), secs(5));
-        // A receive count SQS did not give counts as the first.
-        assert_eq!(hidden_for(&schedule(), 0, None, 1.0), secs(1));
-    }
-
-    #[test]
-    fn retry_after_is_the_floor_and_the_visibility_timeout_the_cap() {
-        assert_eq!(hidden_for(&schedule(), 1, Some(secs(2)), 0.5), secs(2));
-        assert_eq!(hidden_for(&schedule(), 1, Some(secs(2)), 1.0), secs(2));
-        assert_eq!(
-            hidden_for(&schedule(), 1, Some(Duration::from_millis(1500)), 0.5),
-            secs(2)
-        );
-        // A floor below the schedule's wait changes nothing.
-        assert_eq!(hidden_for(&schedule(), 8, Some(secs(2)), 1.0), secs(128));
-        assert_eq!(hidden_for(&schedule(), 1, Some(secs(3600)), 1.0), secs(360));
-        // However the schedule is set, SQS's limit holds.
-        let long = RetryPolicy {
-            max: secs(48 * 3600),
-            ..schedule()
-        };
-        assert_eq!(hidden_for(&long, 40, None, 1.0), MAX_VISIBILITY);
+    fn a_wait_is_whole_seconds_rounded_up_never_zero_within_sqs_limit() {
+        assert_eq!(whole_seconds(Duration::ZERO), secs(1));
+        assert_eq!(whole_seconds(Duration::from_millis(250)), secs(1));
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), secs(2));
+        assert_eq!(whole_seconds(secs(300)), secs(300));
+        assert_eq!(whole_seconds(secs(48 * 3600)), MAX_VISIBILITY);
     }
 
     #[test]

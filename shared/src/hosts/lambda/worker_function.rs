@@ -14,16 +14,18 @@
 //! read once per batch and then kept, so an event costs one read and one write, plus one write
 //! when the CRM took a revision. When a message fails, it and every later message of its call
 //! are reported as failures and come back in order; the other calls go on. When a retry may
-//! help (the CRM or AWS unavailable), they come back after the retry schedule's wait for that
-//! receive, or the CRM's `Retry-After` ([`Redelivery`]), not after the queue's visibility
-//! timeout. A message that can never succeed (it does not read, or its connection is gone), or
+//! help, they come back at the engine's next try for the delivery (the retry schedule, or the
+//! next probe of its CRM destination's open breaker, which all workers share in DynamoDB), or,
+//! when AWS itself was unavailable, after the schedule's wait for that receive ([`Redelivery`]),
+//! not after the queue's visibility timeout. A message that can never succeed (it does not read, or its connection is gone), or
 //! whose delivery the CRM refused for good, is logged with its reason and parked at once in
 //! the dead-letter queue with the rest of its call's messages in the batch ([`DeadLetters`]);
 //! the call's later messages follow it there, one receive each, until an operator redrives.
 //!
 //! [`CallRecord::mark_delivered`]: crate::domain::record::CallRecord::mark_delivered
 
-use super::redelivery::{Redelivery, receive_count};
+use super::redelivery::{Redelivery, receive_count, whole_seconds};
+use crate::adapters::aws::dynamo_breakers::DynamoBreakers;
 use crate::adapters::aws::dynamo_calls::DynamoCalls;
 use crate::adapters::aws::dynamo_connections::DynamoConnections;
 use crate::adapters::aws::dynamo_users::DynamoUsers;
@@ -37,8 +39,13 @@ use crate::domain::connection::Connection;
 use crate::domain::record::{CallKey, CallRecord};
 use crate::engine::activation::WithActivatedUsers;
 use crate::engine::apply::apply;
-use crate::engine::deliver::{RetryPolicy, deliver_outbox};
+use crate::engine::breaker::BreakerSettings;
+use crate::engine::deliver::{Deliverer, Waits};
+use crate::engine::destination::Destinations;
 use crate::engine::failure::Failure;
+use crate::engine::rate_limit::RateLimit;
+use crate::engine::schedule::RetrySchedule;
+use crate::ports::Clock;
 use crate::ports::{CallStore, ConnectionDirectory, Crm, QueuedWebhook, StoreError, Version};
 use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use async_trait::async_trait;
@@ -76,11 +83,15 @@ pub struct WorkerSettings {
     pub queue_url: String,
     /// `DEAD_LETTER_QUEUE_URL`: where a call that cannot go on is parked at once.
     pub dead_letter_queue_url: String,
-    /// When a message handed back for another try comes again: `RETRY_INITIAL_BACKOFF_MS`
-    /// after its first receive, doubling with each receive up to `RETRY_MAX_BACKOFF_MS` (the
-    /// template sets 1 s and 360 s, the queue's visibility timeout). The queue's
-    /// `maxReceiveCount` bounds the attempts, so the schedule does not.
-    pub redelivery: RetryPolicy,
+    /// When a delivery the CRM did not take is tried again, and for how long
+    /// (`RETRY_HORIZON_SECS`, `RETRY_INITIAL_SECS`, `RETRY_CAP_SECS`).
+    pub retry: RetrySchedule,
+    /// When a failing CRM destination stops being sent to (`BREAKER_OPEN_AFTER`,
+    /// `BREAKER_PROBE_EVERY_SECS`).
+    pub breaker: BreakerSettings,
+    /// Requests per second to one CRM destination from one worker instance
+    /// (`CRM_RATE_PER_SECOND`, `CRM_RATE_BURST`).
+    pub rate_limit: RateLimit,
 }
 
 impl WorkerSettings {
@@ -102,11 +113,9 @@ impl WorkerSettings {
                 &aws.dead_letter_queue_url,
                 "aws.dead_letter_queue_url",
             )?,
-            redelivery: RetryPolicy {
-                max_attempts: u32::MAX,
-                initial: Duration::from_millis(crm.initial_backoff_ms),
-                max: Duration::from_millis(crm.max_backoff_ms),
-            },
+            retry: crm.retry,
+            breaker: crm.breaker,
+            rate_limit: crm.rate_limit,
         })
     }
 
@@ -131,6 +140,10 @@ pub struct Worker {
     /// The connections, with the users activated on them.
     connections: WithActivatedUsers,
     crm: Arc<dyn Crm>,
+    /// The CRM destinations' breakers (shared by the workers in the calls table) and this
+    /// instance's rate limits.
+    destinations: Destinations,
+    waits: Waits,
     contacts: HttpContactLookup,
     redelivery: Redelivery,
     dead_letters: DeadLetters,
@@ -146,7 +159,19 @@ impl Worker {
     pub fn new(aws: &SdkConfig, settings: &WorkerSettings, crm: Arc<dyn Crm>) -> Self {
         let usage = Arc::new(Usage::default());
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        let telemetry = Telemetry::new(Arc::new(EmfStdout::from_env()));
         Self {
+            destinations: Destinations::new(
+                Arc::new(DynamoBreakers::new(
+                    dynamodb.clone(),
+                    &settings.calls_table,
+                    usage.clone(),
+                )),
+                settings.breaker,
+                settings.rate_limit,
+                telemetry.clone(),
+            ),
+            waits: Waits::aws(settings.retry, settings.breaker.probe_every),
             calls: DynamoCalls::new(
                 dynamodb.clone(),
                 &settings.calls_table,
@@ -171,14 +196,14 @@ impl Worker {
             redelivery: Redelivery::new(
                 aws_sdk_sqs::Client::new(aws),
                 &settings.queue_url,
-                settings.redelivery,
+                settings.retry,
             ),
             dead_letters: DeadLetters::new(
                 aws_sdk_sqs::Client::new(aws),
                 &settings.dead_letter_queue_url,
             ),
             usage,
-            telemetry: Telemetry::new(Arc::new(EmfStdout::from_env())),
+            telemetry,
             reserve: settings.crm_timeout * 2 + Duration::from_secs(1),
         }
     }
@@ -310,6 +335,10 @@ impl Worker {
             };
             if let Err(failure) = outcome {
                 let hidden_for = match &failure {
+                    Failure::Wait { until, .. } => Some(whole_seconds(Duration::from_micros(
+                        u64::try_from(until.as_micros() - SystemClock.now().as_micros())
+                            .unwrap_or(0),
+                    ))),
                     Failure::Retry { retry_after, .. } => {
                         self.telemetry.retried();
                         Some(
@@ -381,17 +410,18 @@ impl Worker {
         let Some(record) = calls.known(key) else {
             return Ok(());
         };
-        let done = deliver_outbox(
-            self.crm.as_ref(),
-            calls,
-            &SystemClock,
-            connection,
-            record,
-            delivered.up_to(key),
-            &self.telemetry,
-        )
-        .await
-        .map_err(Failure::of_store)?;
+        let deliverer = Deliverer {
+            crm: self.crm.as_ref(),
+            store: calls,
+            clock: &SystemClock,
+            destinations: &self.destinations,
+            waits: &self.waits,
+            telemetry: &self.telemetry,
+        };
+        let done = deliverer
+            .deliver_outbox(connection, record, delivered.up_to(key))
+            .await
+            .map_err(Failure::of_store)?;
         if let Some(revision) = done.up_to {
             delivered.record(key, revision);
         }
@@ -545,14 +575,14 @@ fn log_failure(
             reason,
             "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
         ),
-        Failure::Retry { .. } => tracing::warn!(
+        Failure::Wait { .. } | Failure::Retry { .. } => tracing::warn!(
             message_id,
             group,
             receive_count,
             held_back,
             reason,
             comes_back_in_s = hidden_for.map(|wait| wait.as_secs()),
-            "the message comes back after the retry schedule's wait"
+            "the message comes back at its next try"
         ),
     }
 }

@@ -1,13 +1,16 @@
 //! The delivery task: every call with deliveries waiting gets a task of its own that pushes
-//! the call's outbox to the CRM, oldest first. A call waiting to retry holds up only itself;
-//! a delivery the CRM refuses, or that runs out of attempts, is parked and the call's later
-//! deliveries wait behind it, so the CRM never sees a call's events out of order.
+//! the call's outbox to the CRM, oldest first ([`Deliverer`]). A call waiting to retry holds up
+//! only itself, sleeping until the engine's next try, or until its CRM destination's breaker
+//! closes; a delivery the CRM refuses, or still failing when its retry horizon ends, is parked
+//! and the call's later deliveries wait behind it, so the CRM never sees a call's events out of
+//! order.
 
 use super::Settings;
 use crate::adapters::clock::SystemClock;
 use crate::adapters::sqlite::{ParkedDelivery, SqliteStore};
 use crate::domain::record::{CallKey, Delivery, RecordError};
-use crate::engine::deliver::{RetryPolicy, deliver_outbox};
+use crate::engine::deliver::{Deliverer, Waits};
+use crate::engine::destination::{Destinations, MemoryBreakers};
 use crate::engine::failure::Failure;
 use crate::ports::{CallStore, Clock, ConnectionDirectory, Crm};
 use crate::telemetry::Telemetry;
@@ -21,23 +24,19 @@ use tokio::time::MissedTickBehavior;
 /// Requests to the CRM at once, over all calls.
 const MAX_IN_FLIGHT: usize = 64;
 
-pub(super) struct Deliverer {
+pub(super) struct DeliveryTasks {
     store: Arc<SqliteStore>,
     connections: Arc<dyn ConnectionDirectory>,
     crm: Arc<dyn Crm>,
-    retry: RetryPolicy,
+    /// The CRM destinations' breakers and rate limits, in memory: one process sends to them.
+    destinations: Destinations,
+    waits: Waits,
     poll_interval: Duration,
     in_flight: Semaphore,
     telemetry: Telemetry,
 }
 
-/// What to do after a delivery did not go through.
-enum Next {
-    RetryAfter(Duration),
-    Parked,
-}
-
-impl Deliverer {
+impl DeliveryTasks {
     pub fn new(
         store: Arc<SqliteStore>,
         connections: Arc<dyn ConnectionDirectory>,
@@ -49,7 +48,13 @@ impl Deliverer {
             store,
             connections,
             crm,
-            retry: settings.retry,
+            destinations: Destinations::new(
+                Arc::new(MemoryBreakers::default()),
+                settings.breaker,
+                settings.rate_limit,
+                telemetry.clone(),
+            ),
+            waits: Waits::local(settings.retry, settings.breaker.probe_every),
             poll_interval: settings.poll_interval,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             telemetry,
@@ -110,7 +115,14 @@ impl Deliverer {
         if self.store.is_parked(&call.resource_id()).await? {
             return Ok(());
         }
-        let mut attempts = Attempts::default();
+        let deliverer = Deliverer {
+            crm: &*self.crm,
+            store: &*self.store,
+            clock: &SystemClock,
+            destinations: &self.destinations,
+            waits: &self.waits,
+            telemetry: &self.telemetry,
+        };
         let mut current = self.store.load(call).await?.map(|(record, _)| record);
         while let Some(record) = current {
             if record.outbox.is_empty() {
@@ -118,69 +130,45 @@ impl Deliverer {
             }
             let delivered = {
                 let _permit = self.in_flight.acquire().await?;
-                deliver_outbox(
-                    &*self.crm,
-                    &*self.store,
-                    &SystemClock,
-                    &connection,
-                    record,
-                    0,
-                    &self.telemetry,
-                )
-                .await?
+                deliverer.deliver_outbox(&connection, record, 0).await?
             };
             if let Some(revision) = delivered.up_to {
                 tracing::debug!(resource_id = %delivered.record.resource_id, revision, "delivered");
             }
-            current = match delivered.stopped {
-                None => Some(delivered.record),
-                Some((delivery, failure)) => {
-                    match self
-                        .after_failure(&delivery, failure, &mut attempts)
-                        .await?
-                    {
-                        Next::RetryAfter(wait) => {
-                            tokio::time::sleep(wait).await;
-                            self.store.load(call).await?.map(|(record, _)| record)
-                        }
-                        Next::Parked => return Ok(()),
-                    }
-                }
+            let Some((delivery, failure)) = delivered.stopped else {
+                current = Some(delivered.record);
+                continue;
             };
+            match failure {
+                Failure::Wait { reason, until } => {
+                    tracing::debug!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, %until, "delivery waits");
+                    let destination = self.crm.destination(&connection);
+                    self.destinations
+                        .wait(&destination, until, &SystemClock)
+                        .await;
+                }
+                // The breakers are in memory: only a store error comes here, tried again at
+                // the next poll.
+                Failure::Retry { reason, .. } => {
+                    tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, "delivery interrupted; trying again at the next poll");
+                    tokio::time::sleep(self.poll_interval).await;
+                }
+                failure => return self.park(&delivery, failure).await,
+            }
+            current = self.store.load(call).await?.map(|(record, _)| record);
         }
         Ok(())
     }
 
-    /// Waits on the retry policy, or parks the delivery with the CRM's answer.
-    async fn after_failure(
-        &self,
-        delivery: &Delivery,
-        failure: Failure,
-        attempts: &mut Attempts,
-    ) -> anyhow::Result<Next> {
+    /// Parks the delivery with the CRM's answer.
+    async fn park(&self, delivery: &Delivery, failure: Failure) -> anyhow::Result<()> {
         let (reason, crm_status, crm_answer) = match failure {
-            Failure::Retry {
-                reason,
-                retry_after,
-            } => {
-                let attempt = attempts.failed(delivery.revision);
-                if let Some(wait) = self.retry.delay(attempt, retry_after) {
-                    tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, attempt, reason, ?wait, "delivery failed; retrying");
-                    self.telemetry.retried();
-                    return Ok(Next::RetryAfter(wait));
-                }
-                (
-                    format!("gave up after {attempt} attempts: {reason}"),
-                    None,
-                    None,
-                )
-            }
             Failure::Park {
                 reason,
                 crm_status,
                 crm_answer,
             } => (reason, crm_status, crm_answer),
-            Failure::Poison { reason } => (reason, None, None),
+            other => (other.reason(), None, None),
         };
         tracing::warn!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, "delivery parked; the call's later deliveries wait behind it (`callbridge deliveries retry` sends it again)");
         self.store
@@ -195,28 +183,7 @@ impl Deliverer {
             })
             .await?;
         self.telemetry.parked();
-        Ok(Next::Parked)
-    }
-}
-
-/// Failed attempts at the delivery a call is held up on.
-#[derive(Default)]
-struct Attempts {
-    revision: u64,
-    failed: u32,
-}
-
-impl Attempts {
-    /// Counts a failed attempt at `revision`; returns how many it has had.
-    fn failed(&mut self, revision: u64) -> u32 {
-        if self.revision != revision {
-            *self = Self {
-                revision,
-                failed: 0,
-            };
-        }
-        self.failed += 1;
-        self.failed
+        Ok(())
     }
 }
 
@@ -230,14 +197,14 @@ struct Calls {
 }
 
 impl Calls {
-    fn wake(&mut self, deliverer: &Arc<Deliverer>, call: CallKey) {
+    fn wake(&mut self, deliverer: &Arc<DeliveryTasks>, call: CallKey) {
         match self.running.get_mut(&call) {
             Some(woken_again) => *woken_again = true,
             None => self.spawn(deliverer, call),
         }
     }
 
-    fn spawn(&mut self, deliverer: &Arc<Deliverer>, call: CallKey) {
+    fn spawn(&mut self, deliverer: &Arc<DeliveryTasks>, call: CallKey) {
         let task = self
             .tasks
             .spawn(Arc::clone(deliverer).deliver_call(call.clone()));
@@ -247,7 +214,7 @@ impl Calls {
 
     fn finished(
         &mut self,
-        deliverer: &Arc<Deliverer>,
+        deliverer: &Arc<DeliveryTasks>,
         finished: Result<(task::Id, ()), JoinError>,
     ) {
         let id = match finished {

@@ -2,8 +2,8 @@
 //!
 //! Ingest (the HTTP server) queues webhooks in the store. A worker task reads the queue in
 //! order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
-//! delivers each call's outbox to the CRM with [`crate::engine::deliver::deliver_outbox`],
-//! retrying on the [`RetryPolicy`] and parking what cannot go through. Both are woken the
+//! delivers each call's outbox to the CRM with [`crate::engine::deliver::Deliverer`], waiting
+//! on the retry schedule and the CRM destinations' breakers, and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
 //! store every [`Settings::poll_interval`], which is how they pick up what a previous run left
 //! behind and deliveries un-parked by `callbridge deliveries retry`.
@@ -23,7 +23,9 @@ use crate::adapters::crm_http::HttpCrm;
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
-use crate::engine::deliver::RetryPolicy;
+use crate::engine::breaker::BreakerSettings;
+use crate::engine::rate_limit::RateLimit;
+use crate::engine::schedule::RetrySchedule;
 use crate::ports::{ConnectionDirectory, Crm};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -34,20 +36,20 @@ use tokio::task::JoinHandle;
 /// How often the store is looked at besides the wake-ups.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
-    pub retry: RetryPolicy,
+    pub retry: RetrySchedule,
+    pub breaker: BreakerSettings,
+    pub rate_limit: RateLimit,
     pub poll_interval: Duration,
 }
 
 impl Settings {
     pub fn new(crm: &CrmConfig) -> Self {
         Self {
-            retry: RetryPolicy {
-                max_attempts: crm.max_attempts,
-                initial: Duration::from_millis(crm.initial_backoff_ms),
-                max: Duration::from_millis(crm.max_backoff_ms),
-            },
+            retry: crm.retry,
+            breaker: crm.breaker,
+            rate_limit: crm.rate_limit,
             poll_interval: POLL_INTERVAL,
         }
     }
@@ -92,7 +94,7 @@ impl LocalRuntime {
             telemetry: telemetry.clone(),
         };
         let deliverer =
-            delivery_tasks::Deliverer::new(store, connections, crm, settings, telemetry);
+            delivery_tasks::DeliveryTasks::new(store, connections, crm, settings, telemetry);
         Self {
             worker: tokio::spawn(Arc::new(worker).run()),
             delivery: tokio::spawn(Arc::new(deliverer).run(woken)),
