@@ -4,6 +4,8 @@
 use super::scenario::{Scenario, copies_of, example_config_path};
 use callbridge::recorder::{RecordedEvent, Recorder};
 use callbridge_shared::domain::event::Provider;
+use callbridge_shared::engine::breaker::BreakerSettings;
+use callbridge_shared::engine::schedule::RetrySchedule;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +78,23 @@ impl Default for CrmSettings {
             retry_cap_secs: 0.5,
             breaker_open_after: 1_000_000,
             breaker_probe_every_secs: 3_600,
+        }
+    }
+}
+
+impl CrmSettings {
+    /// The server's own retry schedule and breaker (what a config without `[crm.retry]` and
+    /// `[crm.breaker]` gets), written out.
+    pub fn server_defaults() -> Self {
+        let retry = RetrySchedule::default();
+        let breaker = BreakerSettings::default();
+        Self {
+            retry_horizon_secs: retry.horizon.as_secs_f64(),
+            retry_initial_secs: retry.initial.as_secs_f64(),
+            retry_cap_secs: retry.cap.as_secs_f64(),
+            breaker_open_after: breaker.open_after,
+            breaker_probe_every_secs: breaker.probe_every.as_secs(),
+            ..Self::default()
         }
     }
 }
