@@ -10,5 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test -p callbridge --test local_outage -- --ignored --nocapture 2>&1 \
+# The features infra/test.sh builds with, so that its build serves here too.
+cargo test -p callbridge --all-features --test local_outage -- --ignored --nocapture 2>&1 \
   | grep -E 'outage of|panicked|test result'
