@@ -4,7 +4,7 @@
 //! the instant in, the decision out; the hosts keep the state (locally in memory, one per
 //! destination; on AWS in a DynamoDB item all workers share, below).
 //!
-//! Not yet wired (RELIABILITY.md, "CRM outages (issue 11) — design").
+//! Asked before every delivery by [`super::destination::Destinations`].
 //!
 //! # The rule
 //!
