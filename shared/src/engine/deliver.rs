@@ -187,9 +187,9 @@ impl Deliverer<'_> {
         record: CallRecord,
         after: u64,
     ) -> anyhow::Result<Delivered> {
-        let catch_up = record
-            .waiting_since()
-            .is_some_and(|since| later(since, self.waits.catch_up_after) <= self.clock.now());
+        let catch_up = record.waiting_since().is_some_and(|since| {
+            since.saturating_add(self.waits.catch_up_after) <= self.clock.now()
+        });
         let outbox: Vec<Delivery> = record
             .outbox_to_send(catch_up)
             .into_iter()
@@ -283,7 +283,7 @@ impl Deliverer<'_> {
             Stop::Unavailable(e) => return Ok(Failure::retry(e)),
             Stop::Held { until } => {
                 self.telemetry.held();
-                let until = until.max(later(now, self.waits.hold_at_least));
+                let until = until.max(now.saturating_add(self.waits.hold_at_least));
                 (
                     format!(
                         "the CRM destination's breaker is open: {} is held back",
@@ -343,17 +343,8 @@ impl Deliverer<'_> {
     }
 
     fn horizon_end(&self, waiting: Waiting) -> Timestamp {
-        later(waiting.since, self.waits.schedule.horizon)
+        waiting.since.saturating_add(self.waits.schedule.horizon)
     }
-}
-
-/// `at` plus `wait`, or `at` past the instants a [`Timestamp`] holds.
-fn later(at: Timestamp, wait: Duration) -> Timestamp {
-    i64::try_from(wait.as_micros())
-        .ok()
-        .and_then(|micros| at.as_micros().checked_add(micros))
-        .and_then(|micros| Timestamp::from_micros(micros).ok())
-        .unwrap_or(at)
 }
 
 #[cfg(test)]
