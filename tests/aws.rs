@@ -28,7 +28,6 @@ use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError};
 use faults::{assert_applied_once, assert_repeats_only_in, is_repeat};
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies, shuffled_with_repeats};
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -735,22 +734,10 @@ async fn the_ingest_answers_as_the_local_server_does() {
     assert_eq!(answer.status, 404, "{}", answer.body);
 
     // TeleCMI also sends GET with the webhook in the query string, token included.
-    let telecmi = scenario::all()
-        .into_iter()
-        .find(|s| {
-            s.provider == Provider::Telecmi
-                && s.webhooks[0]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .all(Value::is_string)
-        })
-        .expect("a TeleCMI scenario whose webhooks are all text");
-    let mut query: Vec<String> = telecmi.webhooks[0]
-        .as_object()
-        .unwrap()
+    let telecmi = scenario::telecmi_as_query();
+    let mut query: Vec<String> = scenario::query_pairs(&telecmi)
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap().replace('+', "%2B")))
+        .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B")))
         .collect();
     query.push(format!("token={}", telecmi.token()));
     let get = HttpRequest {
