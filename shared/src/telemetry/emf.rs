@@ -4,7 +4,9 @@
 //! (a container may be frozen after any answer): one line per set of dimensions counted in it,
 //! so a batch's webhooks share their lines, in the shape the template's alarms and dashboard
 //! read: the namespace, the metric's name and unit, its dimensions. CloudWatch bills these
-//! lines as log bytes like any other.
+//! lines as log bytes like any other. Between two flushes the exporter keeps at most 100
+//! values of a histogram (`DeliveryLatency`: one per revision the CRM took), far above what a
+//! batch of 10 messages delivers.
 
 use super::metrics::{Metrics, NAMESPACE, describe};
 use metrics::Recorder;
