@@ -265,7 +265,7 @@ impl Worker {
             }
         }
         let used = self.usage().since(before);
-        tracing::info!(
+        tracing::debug!(
             messages = event.records.len(),
             failed = failed.len(),
             call_reads = used.call_reads,
@@ -276,6 +276,7 @@ impl Worker {
             connection_reads = used.connection_reads,
             "batch done"
         );
+        self.telemetry.flush();
         let mut response = SqsBatchResponse::default();
         response.set_failures(failed);
         Ok(response)
