@@ -27,7 +27,7 @@ use aws_support::AwsBridge;
 use aws_support::lambda::{EventSource, failures};
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
 use callbridge_shared::domain::providers;
-use callbridge_shared::hosts::lambda::worker_function::Worker;
+use callbridge_shared::hosts::lambda::worker_function::{Worker, WorkerSettings};
 use callbridge_shared::ports::QueuedWebhook;
 use faults::{
     assert_all_delivered, assert_applied_once, assert_delivered_with_repeats, delivered_resources,
@@ -94,6 +94,14 @@ async fn stack_with(name: &str, recorder: &Recorder, all: &[Scenario]) -> AwsBri
     bridge
 }
 
+/// A worker as deployed but for its CRM's breaker, which stays closed: these tests are about
+/// each call's own retries, and the victims failing round after round, with no healthy call
+/// answered in between, would open it and hold them all back (what `aws_outage.rs` tests).
+fn worker_without_breaker(bridge: &AwsBridge, mut settings: WorkerSettings) -> Worker {
+    settings.breaker.open_after = u32::MAX;
+    bridge.worker_of(&settings)
+}
+
 /// Rounds until the queue is empty; returns how many it took.
 async fn rounds_until_empty(source: &EventSource, worker: &Worker, at_most: u32) -> u32 {
     for round in 1..=at_most {
@@ -110,7 +118,7 @@ async fn transient_failures_come_back_after_a_wait_and_hold_up_only_their_call()
     let (victims, healthy, all) = victims_and_healthy(&faults, 3, "aws-transient");
     let recorder = recorder(fail_resources(&victims)).await;
     let bridge = stack_with("faults-transient", &recorder, &all).await;
-    let worker = bridge.worker();
+    let worker = worker_without_breaker(&bridge, bridge.worker_settings());
 
     // Three waits of a failing CRM: the healthy calls go through in the first; each victim's
     // first delivery is tried once per wait, and nothing behind it.
@@ -242,7 +250,7 @@ async fn answers_after_the_timeout_are_sent_again_under_the_same_key_and_body() 
     let bridge = stack_with("faults-timeout", &recorder, &scenarios).await;
     let mut settings = bridge.worker_settings();
     settings.crm_timeout = Duration::from_millis(300);
-    let worker = bridge.worker_with(Arc::new(settings.crm().expect("an HTTP client")));
+    let worker = worker_without_breaker(&bridge, settings.clone());
 
     for _ in 0..2 {
         bridge.source.round(&worker).await;

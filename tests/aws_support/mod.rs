@@ -105,9 +105,15 @@ impl AwsBridge {
         Worker::new(&self.aws, &self.worker_settings(), crm)
     }
 
+    /// A worker with `settings` (the template's, changed by a test), delivering over HTTP.
+    pub fn worker_of(&self, settings: &WorkerSettings) -> Worker {
+        let crm = Arc::new(settings.crm().expect("an HTTP client"));
+        Worker::new(&self.aws, settings, crm)
+    }
+
     /// A worker as deployed.
     pub fn worker(&self) -> Worker {
-        self.worker_with(self.crm())
+        self.worker_of(&self.worker_settings())
     }
 
     /// The connections table, as the functions read it.

@@ -71,11 +71,10 @@ impl DynamoBreakers {
                     DisplayErrorContext(&e)
                 )
             })?;
+        self.usage.breaker_read();
         let Some(item) = output.item else {
-            self.usage.call_read(0);
             return Ok((Breaker::default(), None));
         };
-        self.usage.call_read(KEY.len() + key.len() + 64);
         let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
         let number = |name: &str| {
             item.get(name)
@@ -120,7 +119,7 @@ impl BreakerStore for DynamoBreakers {
                 AttributeValue::N(expires_at.as_secs().to_string()),
             ),
         ]);
-        self.usage.call_write(KEY.len() + key.len() + 64);
+        self.usage.breaker_write();
         let put = self
             .client
             .put_item()

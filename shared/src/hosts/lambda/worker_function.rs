@@ -273,6 +273,8 @@ impl Worker {
             call_read_units = used.call_read_units,
             call_write_units = used.call_write_units,
             conflicts = used.conflicts,
+            breaker_reads = used.breaker_reads,
+            breaker_writes = used.breaker_writes,
             connection_reads = used.connection_reads,
             "batch done"
         );
