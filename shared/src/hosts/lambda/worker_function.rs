@@ -575,7 +575,7 @@ fn log_failure(
             receive_count,
             held_back,
             reason,
-            "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
+            "the delivery is parked (the CRM refused it, or its retry horizon is past: the reason says which): the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
         ),
         Failure::Wait { .. } | Failure::Retry { .. } => tracing::warn!(
             message_id,
