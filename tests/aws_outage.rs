@@ -29,10 +29,14 @@ use callbridge_shared::engine::breaker::{Breaker, BreakerSettings};
 use callbridge_shared::engine::schedule::RetrySchedule;
 use callbridge_shared::hosts::lambda::worker_function::{Worker, WorkerSettings};
 use callbridge_shared::ports::QueuedWebhook;
+use callbridge_shared::telemetry::{
+    BREAKER_CLOSED, BREAKER_OPEN_SECONDS, BREAKER_OPENED, DELIVERIES_HELD, InMemoryMetrics,
+};
 use faults::assert_applied_once;
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::instrument::WithSubscriber;
 
@@ -166,7 +170,10 @@ async fn an_outage_opens_the_breaker_holds_every_call_and_loses_nothing() {
         .expect("the CRM recorder starts");
     let bridge = AwsBridge::start("outage", &recorder.url(), &copies_of(&scenarios)).await;
     let settings = shortened(&bridge, Duration::from_secs(120), Duration::from_secs(2));
-    let worker = bridge.worker_of(&settings);
+    let metrics = Arc::new(InMemoryMetrics::default());
+    let worker = bridge
+        .worker_of(&settings)
+        .with_metrics(Arc::clone(&metrics) as _);
     let batch_size = bridge.resources.worker_function().1.batch_size as usize;
 
     // The webhooks come in over the first three quarters of the outage, the calls interleaved,
@@ -269,10 +276,21 @@ async fn an_outage_opens_the_breaker_holds_every_call_and_loses_nothing() {
         [Breaker::Closed { failures: 0 }],
         "one breaker, closed by the recovery"
     );
+    // The dashboard's CRM outage widget: one opening and one closing of the one destination,
+    // held deliveries meanwhile, and how long it was open (no longer than the outage).
+    assert_eq!(metrics.total(BREAKER_OPENED, &[]), 1.0);
+    assert_eq!(metrics.total(BREAKER_CLOSED, &[]), 1.0);
+    assert!(metrics.total(DELIVERIES_HELD, &[]) >= 1.0);
+    let open_for = metrics.total(BREAKER_OPEN_SECONDS, &[]);
+    assert!(
+        open_for > 0.0 && open_for <= (down_for + caught_up_in).as_secs_f64(),
+        "open for {open_for} s"
+    );
     eprintln!(
         "AWS outage: {} calls of {} connections, {webhooks} webhooks over {down_for:?} of 503; \
          {} requests while down (bound {bound}); caught up {caught_up_in:?} after the CRM came \
-         back, {} requests after it, {applied} revisions applied once each",
+         back, {} requests after it, {applied} revisions applied once each; the breaker open \
+         {open_for:.1} s, {} deliveries held",
         scenarios
             .iter()
             .map(|s| s.resource_ids().len())
@@ -280,6 +298,7 @@ async fn an_outage_opens_the_breaker_holds_every_call_and_loses_nothing() {
         scenarios.len(),
         during.len(),
         events.len() - during.len(),
+        metrics.total(DELIVERIES_HELD, &[]),
     );
 }
 

@@ -208,9 +208,11 @@ impl Worker {
         }
     }
 
-    /// Counts into `metrics` rather than CloudWatch's EMF lines.
+    /// Counts into `metrics` rather than CloudWatch's EMF lines, the breakers' openings and
+    /// closings included.
     pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
         self.telemetry = Telemetry::new(metrics);
+        self.destinations = self.destinations.with_telemetry(self.telemetry.clone());
         self
     }
 
