@@ -524,7 +524,12 @@ async fn reads_and_writes_per_event_are_counted() {
             "event {i}: {used:?}"
         );
         assert_eq!(used.queue_sends, 0);
+        // The CRM's breaker: read by the first delivery (then kept a second by the warm
+        // worker), never written while the CRM takes everything.
+        assert!(used.breaker_reads <= 1, "event {i}: {used:?}");
+        assert_eq!(used.breaker_writes, 0, "event {i}: {used:?}");
     }
+    assert_eq!(per_event[0].breaker_reads, 1, "{:?}", per_event[0]);
     let ingested = ingest.usage();
     assert_eq!(ingested.queue_sends, s.webhooks.len() as u64);
     assert_eq!(ingested.call_reads + ingested.call_writes, 0);
@@ -619,6 +624,8 @@ fn add(a: UsageCounts, b: UsageCounts) -> UsageCounts {
         call_writes: a.call_writes + b.call_writes,
         call_write_units: a.call_write_units + b.call_write_units,
         conflicts: a.conflicts + b.conflicts,
+        breaker_reads: a.breaker_reads + b.breaker_reads,
+        breaker_writes: a.breaker_writes + b.breaker_writes,
         connection_reads: a.connection_reads + b.connection_reads,
         queue_sends: a.queue_sends + b.queue_sends,
     }

@@ -71,6 +71,12 @@ impl Destinations {
         }
     }
 
+    /// The same destinations, counting their breakers' openings and closings into `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// Whether a delivery to `destination` may go now; when it may and is `paced` (a call
     /// catching up after an outage), it waits its turn under the rate limit first. Live calls
     /// are not paced: an incoming call's popup does not queue behind a catch-up.

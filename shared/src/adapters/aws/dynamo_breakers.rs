@@ -26,8 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const STATE: &str = "state";
-/// About what an item takes: the key's 72 characters and the state's JSON.
-const ITEM_BYTES: usize = 160;
 /// The prefix that sets a breaker's key apart from a call's (`connection/provider/call`).
 pub const KEY_PREFIX: &str = "breaker#";
 /// How long a read breaker is used without reading it again.
@@ -55,11 +53,11 @@ impl DynamoBreakers {
 
     async fn read(&self, destination: &str) -> anyhow::Result<(Breaker, Option<u64>)> {
         let key = format!("{KEY_PREFIX}{destination}");
-        let Some(item) = read_item(&self.client, &self.table, &key).await? else {
-            self.usage.call_read(0);
+        let item = read_item(&self.client, &self.table, &key).await?;
+        self.usage.breaker_read();
+        let Some(item) = item else {
             return Ok((Breaker::default(), None));
         };
-        self.usage.call_read(ITEM_BYTES);
         let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
         let version = item
             .get(VERSION)
@@ -100,7 +98,7 @@ impl BreakerStore for DynamoBreakers {
             (VERSION.to_string(), number(version)),
             (EXPIRES_AT.to_string(), number(expires_at.as_secs())),
         ]);
-        self.usage.call_write(ITEM_BYTES);
+        self.usage.breaker_write();
         if put_versioned(&self.client, &self.table, item, read).await? {
             self.read
                 .insert(destination.to_owned(), (*breaker, Some(version)))
