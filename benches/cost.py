@@ -40,8 +40,9 @@ PRICES = {
 }
 MEMORY_GB = {"ingest": 128 / 1024, "worker": 256 / 1024}  # template.yaml's MemorySize
 # Log bytes that are not the functions' own lines: Lambda's START, END and REPORT lines of an
-# invocation (about 260 bytes, read off the cold-start harness's invocations) and the HTTP
-# API's access log line of a request (template.yaml's format, about 300 bytes).
+# invocation (about 260 bytes, read off the cold-start harness's invocations; none at the
+# template's default PlatformLogLevel, WARN) and the HTTP API's access log line of a request
+# (template.yaml's format, about 300 bytes).
 LAMBDA_PLATFORM_LOG_BYTES = 260
 ACCESS_LOG_BYTES = 300
 # What the providers call, by --front-door: (line of the table, price per request, access log
@@ -88,6 +89,12 @@ def main():
         "Lambda's and the HTTP API's lines are added",
     )
     parser.add_argument(
+        "--platform-log-level",
+        choices=["WARN", "INFO"],
+        default="WARN",
+        help="template.yaml's PlatformLogLevel: at INFO Lambda writes its START, END and REPORT lines",
+    )
+    parser.add_argument(
         "--front-door",
         choices=sorted(FRONT_DOORS),
         default="http-api",
@@ -107,6 +114,7 @@ def main():
     }
     million = 1e6
     batches = million / args.batch
+    platform_bytes = LAMBDA_PLATFORM_LOG_BYTES if args.platform_log_level == "INFO" else 0
     # The event source mapping receives a batch and deletes it with one DeleteMessageBatch.
     sqs_requests = million * per_webhook["queue_sends"] + 2 * batches
     worker_seconds = (batches * args.worker_ms + million * per_webhook["crm_requests"] * args.crm_ms) / 1000
@@ -142,8 +150,8 @@ def main():
     def by_door(door):
         """The front door's line and the log line, which holds the door's access log."""
         name, price, access_log_bytes = FRONT_DOORS[door]
-        log_bytes = million * (args.log_bytes + LAMBDA_PLATFORM_LOG_BYTES + access_log_bytes)
-        log_bytes += batches * LAMBDA_PLATFORM_LOG_BYTES
+        log_bytes = million * (args.log_bytes + access_log_bytes)
+        log_bytes += (million + batches) * platform_bytes
         return [
             ("CloudWatch Logs ingestion", "GB", log_bytes / 1e9, log_bytes / 1e9 * PRICES["logs_ingested_gb"]),
             (name, "requests", million, million * price),
@@ -162,7 +170,8 @@ def main():
     print(
         f"Assumed: ingest {args.ingest_ms:g} ms, worker {args.worker_ms:g} ms + {args.crm_ms:g} ms per CRM "
         f"request, {args.batch:g} message(s) a batch, {args.log_bytes:g} log bytes a webhook from the "
-        f"functions, {LAMBDA_PLATFORM_LOG_BYTES} from Lambda an invocation, {ACCESS_LOG_BYTES} of access log "
+        f"functions, {platform_bytes} from Lambda an invocation (PlatformLogLevel {args.platform_log_level}), "
+        f"{ACCESS_LOG_BYTES} of access log "
         f"a request through the HTTP API.\n"
     )
     print("| per million webhooks | quantity | USD | share |")
