@@ -13,7 +13,7 @@ emulator cannot tell (how long an invocation runs on AWS, how many messages a ba
 an assumption, printed with the result; change it with the options.
 
     ... | benches/cost.py [--ingest-ms 12] [--worker-ms 25] [--crm-ms 100] [--batch 1]
-                          [--front-door http-api|function-url]
+                          [--log-bytes 936] [--front-door http-api|function-url]
 
 The table prices the front door of --front-door (template.yaml's FrontDoor: HttpApi or
 FunctionUrl); the last line gives the total with either.
@@ -39,10 +39,17 @@ PRICES = {
     "logs_ingested_gb": 0.50,  # CloudWatch Logs, standard class, per GB ingested
 }
 MEMORY_GB = {"ingest": 128 / 1024, "worker": 256 / 1024}  # template.yaml's MemorySize
-# What the providers call, by --front-door: (line of the table, price per request).
+# Log bytes that are not the functions' own lines: Lambda's START, END and REPORT lines of an
+# invocation (about 260 bytes, read off the cold-start harness's invocations; none at the
+# template's default PlatformLogLevel, WARN) and the HTTP API's access log line of a request
+# (template.yaml's format, about 300 bytes).
+LAMBDA_PLATFORM_LOG_BYTES = 260
+ACCESS_LOG_BYTES = 300
+# What the providers call, by --front-door: (line of the table, price per request, access log
+# bytes per request).
 FRONT_DOORS = {
-    "http-api": ("API Gateway HTTP API", PRICES["http_api_request"]),
-    "function-url": ("Lambda function URLs", PRICES["function_url_request"]),
+    "http-api": ("API Gateway HTTP API", PRICES["http_api_request"], ACCESS_LOG_BYTES),
+    "function-url": ("Lambda function URLs", PRICES["function_url_request"], 0),
 }
 
 
@@ -74,7 +81,19 @@ def main():
     )
     parser.add_argument("--crm-ms", type=float, default=100, help="ms of one CRM request (the worker waits)")
     parser.add_argument("--batch", type=float, default=1, help="messages per worker batch (1 when calls are quiet)")
-    parser.add_argument("--log-bytes", type=float, default=2500, help="CloudWatch log bytes per webhook, all functions")
+    parser.add_argument(
+        "--log-bytes",
+        type=float,
+        default=936,
+        help="the functions' own log and metric bytes per webhook, a batch each (tests/aws_logs.rs); "
+        "Lambda's and the HTTP API's lines are added",
+    )
+    parser.add_argument(
+        "--platform-log-level",
+        choices=["WARN", "INFO"],
+        default="WARN",
+        help="template.yaml's PlatformLogLevel: at INFO Lambda writes its START, END and REPORT lines",
+    )
     parser.add_argument(
         "--front-door",
         choices=sorted(FRONT_DOORS),
@@ -95,6 +114,7 @@ def main():
     }
     million = 1e6
     batches = million / args.batch
+    platform_bytes = LAMBDA_PLATFORM_LOG_BYTES if args.platform_log_level == "INFO" else 0
     # The event source mapping receives a batch and deletes it with one DeleteMessageBatch.
     sqs_requests = million * per_webhook["queue_sends"] + 2 * batches
     worker_seconds = (batches * args.worker_ms + million * per_webhook["crm_requests"] * args.crm_ms) / 1000
@@ -125,16 +145,20 @@ def main():
             million * per_webhook["call_read_units"],
             million * per_webhook["call_read_units"] * PRICES["dynamodb_rru"],
         ),
-        (
-            "CloudWatch Logs ingestion",
-            "GB",
-            million * args.log_bytes / 1e9,
-            million * args.log_bytes / 1e9 * PRICES["logs_ingested_gb"],
-        ),
     ]
+
+    def by_door(door):
+        """The front door's line and the log line, which holds the door's access log."""
+        name, price, access_log_bytes = FRONT_DOORS[door]
+        log_bytes = million * (args.log_bytes + access_log_bytes)
+        log_bytes += (million + batches) * platform_bytes
+        return [
+            ("CloudWatch Logs ingestion", "GB", log_bytes / 1e9, log_bytes / 1e9 * PRICES["logs_ingested_gb"]),
+            (name, "requests", million, million * price),
+        ]
+
     behind_the_door = sum(cost for *_, cost in lines)
-    door_name, door_price = FRONT_DOORS[args.front_door]
-    lines.append((door_name, "requests", million, million * door_price))
+    lines += by_door(args.front_door)
     total = sum(cost for *_, cost in lines)
     print(
         f"Per webhook, from the emulator ({q['name']}, {n} webhooks, {q['revisions']} Morph events): "
@@ -145,7 +169,10 @@ def main():
     )
     print(
         f"Assumed: ingest {args.ingest_ms:g} ms, worker {args.worker_ms:g} ms + {args.crm_ms:g} ms per CRM "
-        f"request, {args.batch:g} message(s) a batch, {args.log_bytes:g} log bytes a webhook.\n"
+        f"request, {args.batch:g} message(s) a batch, {args.log_bytes:g} log bytes a webhook from the "
+        f"functions, {platform_bytes} from Lambda an invocation (PlatformLogLevel {args.platform_log_level}), "
+        f"{ACCESS_LOG_BYTES} of access log "
+        f"a request through the HTTP API.\n"
     )
     print("| per million webhooks | quantity | USD | share |")
     print("|---|---:|---:|---:|")
@@ -154,7 +181,8 @@ def main():
         print(f"| {name} | {amount} {unit} | {cost:.2f} | {cost / total:.0%} |")
     print(f"| **total** | | **{total:.2f}** | |")
     either = ", ".join(
-        f"{name} {behind_the_door + million * price:.2f}" for name, price in FRONT_DOORS.values()
+        f"{FRONT_DOORS[door][0]} {behind_the_door + sum(cost for *_, cost in by_door(door)):.2f}"
+        for door in FRONT_DOORS
     )
     print(f"\nTotal per million webhooks by front door (USD): {either}.")
 

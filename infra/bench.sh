@@ -77,6 +77,12 @@ run_load() {
   step "local server: saturation (webhooks accepted per second), then 5,000 webhooks/s open loop"
   cargo bench -p callbridge --bench load -- --calls 4000 --concurrency 64 | tee "$out/load-saturation.txt"
   cargo bench -p callbridge --bench load -- --calls 10000 --rate 5000 --gap-ms 100 | tee "$out/load-5000.txt"
+  step "local server, one CRM request per webhook (calls of three webhooks back to back): 5,000/s for 6 s, then flat out"
+  local answered=tests/scenarios/telsmart/1-answered-incoming.json
+  cargo bench -p callbridge --bench load -- --scenario "$answered" --calls 10000 --rate 5000 --gap-ms 0 \
+    | tee "$out/load-crm-per-webhook-5000.txt"
+  cargo bench -p callbridge --bench load -- --scenario "$answered" --calls 10000 --concurrency 64 \
+    | tee "$out/load-crm-per-webhook-saturation.txt"
 }
 
 run_wrk() {

@@ -28,7 +28,6 @@ use callbridge_shared::ports::Clock;
 use callbridge_shared::ports::{CallStore, Crm, DeliveryOutcome, QueuedWebhook, StoreError};
 use faults::{assert_applied_once, assert_repeats_only_in, is_repeat};
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies, shuffled_with_repeats};
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -525,7 +524,12 @@ async fn reads_and_writes_per_event_are_counted() {
             "event {i}: {used:?}"
         );
         assert_eq!(used.queue_sends, 0);
+        // The CRM's breaker: read by the first delivery (then kept a second by the warm
+        // worker), never written while the CRM takes everything.
+        assert!(used.breaker_reads <= 1, "event {i}: {used:?}");
+        assert_eq!(used.breaker_writes, 0, "event {i}: {used:?}");
     }
+    assert_eq!(per_event[0].breaker_reads, 1, "{:?}", per_event[0]);
     let ingested = ingest.usage();
     assert_eq!(ingested.queue_sends, s.webhooks.len() as u64);
     assert_eq!(ingested.call_reads + ingested.call_writes, 0);
@@ -620,6 +624,8 @@ fn add(a: UsageCounts, b: UsageCounts) -> UsageCounts {
         call_writes: a.call_writes + b.call_writes,
         call_write_units: a.call_write_units + b.call_write_units,
         conflicts: a.conflicts + b.conflicts,
+        breaker_reads: a.breaker_reads + b.breaker_reads,
+        breaker_writes: a.breaker_writes + b.breaker_writes,
         connection_reads: a.connection_reads + b.connection_reads,
         queue_sends: a.queue_sends + b.queue_sends,
     }
@@ -735,22 +741,10 @@ async fn the_ingest_answers_as_the_local_server_does() {
     assert_eq!(answer.status, 404, "{}", answer.body);
 
     // TeleCMI also sends GET with the webhook in the query string, token included.
-    let telecmi = scenario::all()
-        .into_iter()
-        .find(|s| {
-            s.provider == Provider::Telecmi
-                && s.webhooks[0]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .all(Value::is_string)
-        })
-        .expect("a TeleCMI scenario whose webhooks are all text");
-    let mut query: Vec<String> = telecmi.webhooks[0]
-        .as_object()
-        .unwrap()
+    let telecmi = scenario::telecmi_as_query();
+    let mut query: Vec<String> = scenario::query_pairs(&telecmi)
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap().replace('+', "%2B")))
+        .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B")))
         .collect();
     query.push(format!("token={}", telecmi.token()));
     let get = HttpRequest {

@@ -23,11 +23,10 @@ mod faults;
 #[path = "support/scenario.rs"]
 mod scenario;
 
-use aws_support::AwsBridge;
 use aws_support::lambda::{EventSource, failures};
+use aws_support::{AwsBridge, Log, event_ids, without_shared_webhooks};
 use callbridge::recorder::{Answer, Behaviour, RecordedEvent, Recorder, summary};
-use callbridge_shared::domain::providers;
-use callbridge_shared::hosts::lambda::worker_function::Worker;
+use callbridge_shared::hosts::lambda::worker_function::{Worker, WorkerSettings};
 use callbridge_shared::ports::QueuedWebhook;
 use faults::{
     assert_all_delivered, assert_applied_once, assert_delivered_with_repeats, delivered_resources,
@@ -35,8 +34,6 @@ use faults::{
     tries_per_key,
 };
 use scenario::{Scenario, assert_no_stranger, copies_of, on_copies};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::instrument::WithSubscriber;
 
@@ -46,31 +43,6 @@ async fn recorder(behaviour: Behaviour) -> Recorder {
         .expect("the CRM recorder starts")
 }
 
-/// The scenarios of [`scenarios_with_later_events`] but those sharing a webhook with an
-/// earlier one: SQS deduplicates within a message group (a call) on AWS, but across the queue
-/// in the emulator.
-fn scenarios_without_shared_webhooks() -> Vec<Scenario> {
-    let mut seen = HashSet::new();
-    scenarios_with_later_events()
-        .into_iter()
-        .filter(|s| {
-            let ids = event_ids(s);
-            let shared = ids.iter().any(|id| seen.contains(id));
-            seen.extend(ids);
-            !shared
-        })
-        .collect()
-}
-
-/// The ids of the events of a scenario's webhooks, which SQS deduplicates them by.
-fn event_ids(s: &Scenario) -> HashSet<String> {
-    s.webhooks
-        .iter()
-        .map(|w| providers::parse(s.provider, w).expect("a scenario webhook parses"))
-        .map(|parsed| parsed.event.id)
-        .collect()
-}
-
 /// The victims, paired with `faults` in turn, the `healthy` scenarios, and all of them, on
 /// copies of their connections tagged `tag`.
 fn victims_and_healthy(
@@ -78,7 +50,7 @@ fn victims_and_healthy(
     healthy: usize,
     tag: &str,
 ) -> (Vec<(Scenario, Answer)>, Vec<Scenario>, Vec<Scenario>) {
-    let mut all = on_copies(&scenarios_without_shared_webhooks(), tag);
+    let mut all = on_copies(&without_shared_webhooks(scenarios_with_later_events()), tag);
     assert!(all.len() >= faults.len() + healthy, "too few scenarios");
     all.truncate(faults.len() + healthy);
     let victims = all.iter().cloned().zip(faults.iter().copied()).collect();
@@ -92,6 +64,14 @@ async fn stack_with(name: &str, recorder: &Recorder, all: &[Scenario]) -> AwsBri
         bridge.post_scenario(s, 0..s.webhooks.len()).await;
     }
     bridge
+}
+
+/// A worker as deployed but for its CRM's breaker, which stays closed: these tests are about
+/// each call's own retries, and the victims failing round after round, with no healthy call
+/// answered in between, would open it and hold them all back (what `aws_outage.rs` tests).
+fn worker_without_breaker(bridge: &AwsBridge, mut settings: WorkerSettings) -> Worker {
+    settings.breaker.open_after = u32::MAX;
+    bridge.worker_of(&settings)
 }
 
 /// Rounds until the queue is empty; returns how many it took.
@@ -110,7 +90,7 @@ async fn transient_failures_come_back_after_a_wait_and_hold_up_only_their_call()
     let (victims, healthy, all) = victims_and_healthy(&faults, 3, "aws-transient");
     let recorder = recorder(fail_resources(&victims)).await;
     let bridge = stack_with("faults-transient", &recorder, &all).await;
-    let worker = bridge.worker();
+    let worker = worker_without_breaker(&bridge, bridge.worker_settings());
 
     // Three waits of a failing CRM: the healthy calls go through in the first; each victim's
     // first delivery is tried once per wait, and nothing behind it.
@@ -171,7 +151,11 @@ async fn transient_failures_come_back_after_a_wait_and_hold_up_only_their_call()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_asking_to_retry_after_2_s_gets_the_message_back_2_s_later() {
     const RETRY_AFTER: Duration = Duration::from_secs(2);
-    let s = on_copies(&scenarios_without_shared_webhooks()[..1], "aws-retry-after").remove(0);
+    let s = on_copies(
+        &without_shared_webhooks(scenarios_with_later_events())[..1],
+        "aws-retry-after",
+    )
+    .remove(0);
     let busy = Behaviour {
         script: [Answer::retry_after(429, RETRY_AFTER.as_secs())].into(),
         ..Behaviour::default()
@@ -232,7 +216,10 @@ async fn a_crm_asking_to_retry_after_2_s_gets_the_message_back_2_s_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_after_the_timeout_are_sent_again_under_the_same_key_and_body() {
-    let scenarios = on_copies(&scenarios_without_shared_webhooks()[..4], "aws-hang");
+    let scenarios = on_copies(
+        &without_shared_webhooks(scenarios_with_later_events())[..4],
+        "aws-hang",
+    );
     // Every answer comes long after the worker gave up waiting; the CRM took the event.
     let hanging = Behaviour {
         delay_ms: 1_500,
@@ -242,7 +229,7 @@ async fn answers_after_the_timeout_are_sent_again_under_the_same_key_and_body() 
     let bridge = stack_with("faults-timeout", &recorder, &scenarios).await;
     let mut settings = bridge.worker_settings();
     settings.crm_timeout = Duration::from_millis(300);
-    let worker = bridge.worker_with(Arc::new(settings.crm().expect("an HTTP client")));
+    let worker = worker_without_breaker(&bridge, settings.clone());
 
     for _ in 0..2 {
         bridge.source.round(&worker).await;
@@ -262,39 +249,6 @@ async fn answers_after_the_timeout_are_sent_again_under_the_same_key_and_body() 
          (same body)",
         events.len()
     );
-}
-
-/// What the worker logs, as its log group would hold it.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Log {
-    fn subscriber(&self) -> tracing::Dispatch {
-        let writer = self.clone();
-        tracing::Dispatch::new(
-            tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .finish(),
-        )
-    }
-
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +298,7 @@ async fn refusals_end_in_the_dead_letter_queue_with_the_crms_answer_until_one_re
         let status = answer.status;
         assert!(
             log_lines.iter().any(|line| line.contains("ERROR")
-                && line.contains("the CRM refused a delivery")
+                && line.contains("the delivery is parked")
                 && line.contains(&format!("with HTTP {status}"))
                 && line.contains(&format!("answers {status}"))),
             "no error line with the CRM's answer {status} in the worker's log:\n{}",

@@ -23,9 +23,8 @@ use callbridge_shared::http::{self, FrontDoor, Mount};
 use callbridge_shared::telemetry::{InMemoryMetrics, Telemetry};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
-use support::bridge::{Bridge, CrmSettings, Setup};
+use support::bridge::{Bridge, Setup};
 use support::scenario::{self, Scenario};
 
 const SIGNED: &str = "parity-signed";
@@ -40,14 +39,10 @@ const CLIENT_SECRET: &str = "parity-client-secret";
 
 /// The example's connections, a signed one and one that takes Telsmart's onboarding.
 fn setup(recorder: &Recorder) -> Setup {
-    let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .expect("the test config");
-    write!(
-        config,
-        r#"
+    Setup::with(
+        &recorder.url(),
+        &format!(
+            r#"
 [[connections]]
 id = "{SIGNED}"
 provider = "teltel"
@@ -68,9 +63,8 @@ activation_client_id = "{CLIENT_ID}"
 activation_client_secret = "{CLIENT_SECRET}"
 auto_user_id_template = "usr_{{tenant_id}}_{{user_extension}}"
 "#
+        ),
     )
-    .expect("the test config is written");
-    setup
 }
 
 fn first_scenario(provider: Provider) -> Scenario {
@@ -150,22 +144,10 @@ fn cases() -> Vec<Case> {
         request
     };
     // A query string carries text only.
-    let telecmi_get = scenario::all()
-        .into_iter()
-        .find(|s| {
-            s.provider == Provider::Telecmi
-                && s.webhooks[0]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .all(Value::is_string)
-        })
-        .expect("a TeleCMI scenario whose webhooks are all text");
-    let mut query: Vec<String> = telecmi_get.webhooks[0]
-        .as_object()
-        .unwrap()
+    let telecmi_get = scenario::telecmi_as_query();
+    let mut query: Vec<String> = scenario::query_pairs(&telecmi_get)
         .iter()
-        .map(|(name, value)| format!("{}={}", encoded(name), encoded(value.as_str().unwrap())))
+        .map(|(name, value)| format!("{}={}", encoded(name), encoded(value)))
         .collect();
     query.push(format!("token={}", encoded(&telecmi_get.token())));
     let onboarding = |secret: &str| HttpRequest {

@@ -219,23 +219,8 @@ async fn every_kind_of_bad_input_is_refused_with_a_json_error_and_reaches_nobody
 
     // TeleCMI may send its webhook as GET with query parameters. It is accepted, queued behind
     // everything refused above, and is all the CRM ever gets: nothing refused was queued.
-    let query_scenario = scenario::all()
-        .into_iter()
-        .find(|s| {
-            s.provider == Provider::Telecmi
-                && s.webhooks[0]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .all(Value::is_string)
-        })
-        .expect("a TeleCMI scenario whose webhooks are all text, as a query string carries them");
-    let query: Vec<(&String, &str)> = query_scenario.webhooks[0]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k, v.as_str().unwrap()))
-        .collect();
+    let query_scenario = scenario::telecmi_as_query();
+    let query = scenario::query_pairs(&query_scenario);
     let get = client
         .get(bridge.webhook_url("telecmi", &query_scenario.connection))
         .query(&query)

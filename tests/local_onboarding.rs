@@ -8,8 +8,7 @@ mod support;
 use callbridge::recorder::{Behaviour, RecordedEvent, Recorder};
 use callbridge_shared::domain::event::Provider;
 use serde_json::{Value, json};
-use std::io::Write;
-use support::bridge::{Bridge, CrmSettings, Setup};
+use support::bridge::{Bridge, Setup};
 
 const CONNECTION: &str = "onboarding";
 const TOKEN: &str = "onboarding-token-0123456789";
@@ -19,14 +18,10 @@ const CLIENT_SECRET: &str = "telsmart-client-secret-0123";
 
 /// The example's connections, and one that takes Telsmart's onboarding.
 fn setup(recorder: &Recorder) -> Setup {
-    let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .expect("the test config");
-    write!(
-        config,
-        r#"
+    Setup::with(
+        &recorder.url(),
+        &format!(
+            r#"
 [[connections]]
 id = "{CONNECTION}"
 provider = "telsmart"
@@ -39,9 +34,8 @@ activation_client_id = "{CLIENT_ID}"
 activation_client_secret = "{CLIENT_SECRET}"
 auto_user_id_template = "usr_{{tenant_id}}_{{user_extension}}"
 "#
+        ),
     )
-    .expect("the test config is written");
-    setup
 }
 
 async fn onboard(bridge: &Bridge, action: &str, extension: &str, secret: &str) -> (u16, Value) {

@@ -82,7 +82,7 @@ fn applied(events: &[RecordedEvent]) -> Vec<&RecordedEvent> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_webhook_and_delivery_is_logged_and_counted() {
+async fn every_webhook_is_logged_and_every_delivery_counted() {
     let s = answered_call();
     let recorder = recorder(Behaviour::default()).await;
     let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
@@ -150,20 +150,21 @@ async fn every_webhook_and_delivery_is_logged_and_counted() {
 
     let logs = bridge.output();
     let call_key = s.expected.calls.keys().next().expect("a call");
-    for line in ["webhook accepted", "webhook refused", "delivery attempt"] {
+    for line in ["webhook accepted", "webhook refused"] {
         assert!(
             logs.lines()
                 .any(|l| l.contains(line) && l.contains(s.connection.as_str())),
             "no `{line}` line:\n{logs}"
         );
     }
+    // Deliveries the CRM took are counted above, and logged only at `debug`.
+    assert!(!logs.contains("delivery attempt"), "{logs}");
     assert!(logs.contains(call_key.as_str()), "{logs}");
     assert!(!logs.contains(&s.token()), "a token was logged:\n{logs}");
     assert!(
         !logs.contains("+3228992675"),
         "a number was logged:\n{logs}"
     );
-    assert!(logs.contains("+*******675"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

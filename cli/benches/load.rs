@@ -2,20 +2,24 @@
 //! in this process, matched to the webhooks that caused them. Figures in BENCHMARKS.md.
 //!
 //!     cargo bench -p callbridge --bench load -- [--calls N] [--concurrency C]
-//!         [--rate R --gap-ms G] [--timeout-s T]
+//!         [--rate R --gap-ms G] [--timeout-s T] [--scenario FILE]
 //!
 //! It starts `callbridge serve` (this build's binary) on a loopback port with a fresh data file
 //! and one Telsmart connection whose `crm.url` is a recorder here, then plays calls: each is
-//! Telsmart's held-and-resumed scenario (ringing, answer, hold, resume, hangup; three Morph
-//! events) under a call id of its own, its webhooks sent one after another.
+//! a Telsmart scenario under a call id of its own, its webhooks sent one after another. By
+//! default the held-and-resumed call (ringing, answer, hold, resume, hangup; three Morph
+//! events, 0.6 CRM request a webhook); `--scenario tests/scenarios/telsmart/1-answered-incoming.json`
+//! plays the answered call (ringing, answer, hangup), where every webhook changes the call
+//! and so costs one CRM request, with `--gap-ms 0` its webhooks back to back.
 //!
 //! - Without `--rate` (saturation): `--concurrency` connections send the calls' webhooks as
 //!   fast as the server answers. Gives the webhooks accepted per second and the answer's
 //!   latency; the end-to-end latency then includes the backlog.
 //! - With `--rate R`: open loop, `R` webhooks a second in all, a call's webhooks `--gap-ms`
-//!   apart (so about `4 * gap * R / 5` calls are going on at once). Each webhook has a time
-//!   slot and its latencies count from that slot, so a server falling behind shows in them
-//!   (no coordinated omission).
+//!   apart (so about `(n - 1) * gap * R / n` calls of `n` webhooks are going on at once).
+//!   Each webhook has a time slot and its latencies count from that slot, so a server falling
+//!   behind shows in them (no coordinated omission); with `--gap-ms 0` a call's webhooks share
+//!   its slot, and each is sent when the one before is answered.
 //!
 //! `CALLBRIDGE_BIN=path` runs another build of the server (one with symbols, to profile it).
 //!
@@ -52,6 +56,8 @@ struct Options {
     rate: Option<f64>,
     gap: Duration,
     timeout: Duration,
+    /// A Telsmart scenario, from the repository's root.
+    scenario: PathBuf,
 }
 
 impl Options {
@@ -62,6 +68,7 @@ impl Options {
             rate: None,
             gap: Duration::from_millis(100),
             timeout: Duration::from_secs(120),
+            scenario: PathBuf::from(SCENARIO),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -76,6 +83,9 @@ impl Options {
                 "--rate" => options.rate = Some(value("--rate")),
                 "--gap-ms" => options.gap = Duration::from_millis(value("--gap-ms") as u64),
                 "--timeout-s" => options.timeout = Duration::from_secs(value("--timeout-s") as u64),
+                "--scenario" => {
+                    options.scenario = args.next().expect("--scenario takes a file").into()
+                }
                 // `cargo bench` adds --bench; criterion-style filters mean nothing here.
                 _ => {}
             }
@@ -89,11 +99,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The scenario's webhooks, and for each the revision it makes (0: none), found by folding
-/// them one at a time as the worker does.
-fn scenario() -> (Vec<Value>, Vec<u64>) {
+/// The webhooks of the scenario at `path`, and for each the revision it makes (0: none), found
+/// by folding them one at a time as the worker does.
+fn scenario(path: &Path) -> (Vec<Value>, Vec<u64>) {
     let webhooks: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(repo().join(SCENARIO)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(repo().join(path)).unwrap()).unwrap();
     let connection = Config::parse(&config_text(
         "127.0.0.1:0",
         Path::new("x.db"),
@@ -305,7 +315,7 @@ fn show(sorted: &[Duration]) -> String {
 #[tokio::main]
 async fn main() {
     let options = Options::parse();
-    let (template, revisions) = scenario();
+    let (template, revisions) = scenario(&options.scenario);
     let per_call = template.len();
     let expected_per_call = revisions.iter().filter(|r| **r > 0).count();
 
@@ -524,8 +534,9 @@ async fn main() {
     end_to_end.sort();
 
     println!(
-        "load: {mode}; {} calls × {per_call} webhooks ({total}), {expected_per_call} Morph events a call",
-        options.calls
+        "load: {mode}; {} calls × {per_call} webhooks ({total}) of {}, {expected_per_call} Morph events a call",
+        options.calls,
+        options.scenario.display()
     );
     println!(
         "  accepted: {accepted} webhooks in {:.2} s = {:.0} webhooks/s ({} refused or failed)",

@@ -26,9 +26,10 @@ use callbridge_shared::ports::{Crm, QueuedWebhook};
 use emulator::Resources;
 use lambda::{EventSource, HttpAnswer, HttpRequest};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::process::Output;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct AwsBridge {
@@ -105,9 +106,15 @@ impl AwsBridge {
         Worker::new(&self.aws, &self.worker_settings(), crm)
     }
 
+    /// A worker with `settings` (the template's, changed by a test), delivering over HTTP.
+    pub fn worker_of(&self, settings: &WorkerSettings) -> Worker {
+        let crm = Arc::new(settings.crm().expect("an HTTP client"));
+        Worker::new(&self.aws, settings, crm)
+    }
+
     /// A worker as deployed.
     pub fn worker(&self) -> Worker {
-        self.worker_with(self.crm())
+        self.worker_of(&self.worker_settings())
     }
 
     /// The connections table, as the functions read it.
@@ -317,6 +324,63 @@ impl AwsBridge {
         }
         read.iter()
             .filter_map(|m| m.body().map(str::to_string))
+            .collect()
+    }
+}
+
+/// `scenarios` but those sharing a webhook with an earlier one: SQS deduplicates within a
+/// message group (a call) on AWS, but across the queue in the emulator.
+pub fn without_shared_webhooks(scenarios: Vec<Scenario>) -> Vec<Scenario> {
+    let mut seen = HashSet::new();
+    scenarios
+        .into_iter()
+        .filter(|s| {
+            let ids = event_ids(s);
+            let shared = ids.iter().any(|id| seen.contains(id));
+            seen.extend(ids);
+            !shared
+        })
+        .collect()
+}
+
+/// The ids of the events of a scenario's webhooks, which SQS deduplicates them by.
+pub fn event_ids(s: &Scenario) -> HashSet<String> {
+    s.webhooks
+        .iter()
+        .map(|w| providers::parse(s.provider, w).expect("a scenario webhook parses"))
+        .map(|parsed| parsed.event.id)
+        .collect()
+}
+
+/// What the worker logs, as its log group would hold it.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    pub fn subscriber(&self) -> tracing::Dispatch {
+        let writer = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        )
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_string)
             .collect()
     }
 }

@@ -108,6 +108,18 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// [`Setup::new`] with no copies, and `toml` (more connections) after the example's.
+    pub fn with(crm_url: &str, toml: &str) -> Self {
+        let setup = Self::new(crm_url, CrmSettings::default(), &[]);
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&setup.config)
+            .expect("the test config");
+        std::io::Write::write_all(&mut config, toml.as_bytes())
+            .expect("the test config is written");
+        setup
+    }
+
     /// `copies`: (id of an example connection, id of its copy).
     pub fn new(crm_url: &str, crm: CrmSettings, copies: &[(String, String)]) -> Self {
         let dir = TempDir::new();

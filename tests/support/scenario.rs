@@ -390,6 +390,30 @@ pub fn without_shared_calls(scenarios: Vec<Scenario>) -> Vec<Scenario> {
 }
 
 /// Every scenario of every provider, in provider then file order.
+/// A TeleCMI scenario whose first webhook is all text, as a query string carries it: TeleCMI
+/// may send its webhook as a GET.
+pub fn telecmi_as_query() -> Scenario {
+    all()
+        .into_iter()
+        .find(|s| {
+            s.provider == Provider::Telecmi
+                && s.webhooks[0]
+                    .as_object()
+                    .is_some_and(|fields| fields.values().all(Value::is_string))
+        })
+        .expect("a TeleCMI scenario whose webhooks are all text")
+}
+
+/// The fields of `scenario`'s first webhook, as a query string's pairs (unencoded).
+pub fn query_pairs(scenario: &Scenario) -> Vec<(String, String)> {
+    scenario.webhooks[0]
+        .as_object()
+        .expect("a webhook is an object")
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
 pub fn all() -> Vec<Scenario> {
     let mut all = Vec::new();
     for provider in Provider::ALL {

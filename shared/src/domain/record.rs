@@ -409,15 +409,6 @@ impl CallRecord {
         Some((waiting, first))
     }
 
-    /// Forgets how long `revision` waited, when it is parked: redriven by an operator, it gets
-    /// a whole horizon again. It stays attempted if it ever was (the CRM may have applied it).
-    pub fn clear_waiting(&mut self, revision: u64) -> bool {
-        self.outbox
-            .iter_mut()
-            .find(|d| d.revision == revision)
-            .is_some_and(|d| d.waiting.take().is_some())
-    }
-
     /// Records that the CRM took every revision up to `revision`. An erased call forgets what
     /// it kept in the same write, so a crash between the two cannot happen.
     pub fn mark_delivered(&mut self, revision: u64) {
@@ -615,19 +606,6 @@ mod tests {
         let read = serde_json::from_value::<Delivery>(marked).unwrap();
         assert!(read.attempted);
         assert_eq!(read.waiting.unwrap().since, since);
-    }
-
-    #[test]
-    fn a_parked_delivery_gets_a_whole_horizon_when_redriven_and_stays_attempted() {
-        let mut record = four_revisions();
-        let at = |s: i64| Timestamp::from_micros(1_765_290_000_000_000 + s * 1_000_000).unwrap();
-        record.note_failed(1, at(0));
-        assert!(record.clear_waiting(1));
-        assert!(!record.clear_waiting(1), "nothing to change");
-        assert!(!record.clear_waiting(2), "never waited");
-        assert_eq!(record.outbox[0].waiting, None);
-        assert!(record.outbox[0].attempted);
-        assert_eq!(record.note_failed(1, at(100)).unwrap().since, at(100));
     }
 
     #[test]

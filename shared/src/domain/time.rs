@@ -3,6 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// An instant in UTC, in microseconds since the Unix epoch (the finest unit any provider sends).
 /// Deserialising checks the range too, so a corrupted queue message or record cannot smuggle
@@ -70,6 +71,23 @@ impl Timestamp {
             .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
+    /// `self` plus `wait`; `None` past the instants a timestamp holds (the year 2100).
+    pub fn checked_add(self, wait: Duration) -> Option<Self> {
+        let micros = i64::try_from(wait.as_micros()).ok()?;
+        Self::from_micros(self.0.checked_add(micros)?).ok()
+    }
+
+    /// `self` plus `wait`, or `self` itself past the instants a timestamp holds: a wait that
+    /// long (a mistaken configuration) ends where time does.
+    pub fn saturating_add(self, wait: Duration) -> Self {
+        self.checked_add(wait).unwrap_or(self)
+    }
+
+    /// The time from `self` to `later`; none when `later` is not later.
+    pub fn until(self, later: Timestamp) -> Duration {
+        Duration::from_micros(u64::try_from(later.0 - self.0).unwrap_or(0))
+    }
+
     /// Whole seconds from `self` to `later`, rounded down; 0 when `later` is not later.
     pub fn whole_seconds_until(self, later: Timestamp) -> u64 {
         u64::try_from((later.0 - self.0).max(0) / 1_000_000).unwrap_or(0)
@@ -129,5 +147,11 @@ mod tests {
         let b = Timestamp::from_micros(1_765_209_400_106_173).unwrap();
         assert_eq!(a.whole_seconds_until(b), 24);
         assert_eq!(b.whole_seconds_until(a), 0);
+        assert_eq!(a.until(b), Duration::from_micros(24_199_946));
+        assert_eq!(b.until(a), Duration::ZERO);
+        assert_eq!(a.checked_add(a.until(b)), Some(b));
+        let end = Timestamp::from_micros(LATEST - 1).unwrap();
+        assert_eq!(end.checked_add(Duration::from_micros(1)), None);
+        assert_eq!(end.saturating_add(Duration::from_secs(1)), end);
     }
 }

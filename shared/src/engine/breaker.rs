@@ -4,7 +4,7 @@
 //! the instant in, the decision out; the hosts keep the state (locally in memory, one per
 //! destination; on AWS in a DynamoDB item all workers share, below).
 //!
-//! Not yet wired (RELIABILITY.md, "CRM outages (issue 11) — design").
+//! Asked before every delivery by [`super::destination::Destinations`].
 //!
 //! # The rule
 //!
@@ -138,7 +138,7 @@ impl Breaker {
             } if now >= next_probe_at => {
                 *self = Breaker::Open {
                     since,
-                    next_probe_at: later(now, settings.probe_every),
+                    next_probe_at: now.saturating_add(settings.probe_every),
                 };
                 Permit::Probe
             }
@@ -169,7 +169,7 @@ impl Breaker {
                 if failures >= settings.open_after {
                     *self = Breaker::Open {
                         since: now,
-                        next_probe_at: later(now, settings.probe_every),
+                        next_probe_at: now.saturating_add(settings.probe_every),
                     };
                     Some(BreakerEvent::Opened { at: now })
                 } else {
@@ -182,15 +182,13 @@ impl Breaker {
                 *self = Breaker::default();
                 Some(BreakerEvent::Closed {
                     at: now,
-                    open_for: Duration::from_micros(
-                        u64::try_from(now.as_micros() - since.as_micros()).unwrap_or(0),
-                    ),
+                    open_for: since.until(now),
                 })
             }
             (Breaker::Open { since, .. }, Answer::Failed) if permit == Permit::Probe => {
                 *self = Breaker::Open {
                     since,
-                    next_probe_at: later(now, settings.probe_every),
+                    next_probe_at: now.saturating_add(settings.probe_every),
                 };
                 None
             }
@@ -205,15 +203,6 @@ impl Breaker {
 /// secret in the URL never reaches a table, a log line or a metric label.
 pub fn destination_key(crm_url: &str) -> String {
     hex::encode(Sha256::digest(crm_url.as_bytes()))
-}
-
-/// `at` plus `wait`; past the instants a [`Timestamp`] holds (the year 2100), `at` itself.
-fn later(at: Timestamp, wait: Duration) -> Timestamp {
-    i64::try_from(wait.as_micros())
-        .ok()
-        .and_then(|micros| at.as_micros().checked_add(micros))
-        .and_then(|micros| Timestamp::from_micros(micros).ok())
-        .unwrap_or(at)
 }
 
 mod whole_seconds {

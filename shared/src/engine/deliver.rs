@@ -187,9 +187,9 @@ impl Deliverer<'_> {
         record: CallRecord,
         after: u64,
     ) -> anyhow::Result<Delivered> {
-        let catch_up = record
-            .waiting_since()
-            .is_some_and(|since| later(since, self.waits.catch_up_after) <= self.clock.now());
+        let catch_up = record.waiting_since().is_some_and(|since| {
+            since.saturating_add(self.waits.catch_up_after) <= self.clock.now()
+        });
         let outbox: Vec<Delivery> = record
             .outbox_to_send(catch_up)
             .into_iter()
@@ -257,7 +257,7 @@ impl Deliverer<'_> {
                 None
             }
             Some((delivery, stop)) => {
-                let failure = self.failure(&call, &delivery, stop, waited, now).await?;
+                let failure = self.failure(&delivery, stop, waited, now);
                 Some((delivery, failure))
             }
         };
@@ -269,21 +269,22 @@ impl Deliverer<'_> {
     }
 
     /// What a stop means for the call: a wait until the next try or probe, or parked (a
-    /// refusal, an uncertain create, or the horizon past, which also forgets how long it
-    /// waited, so that a redrive gets a whole horizon again).
-    async fn failure(
+    /// refusal, an uncertain create, or the horizon past). Past the horizon the delivery keeps
+    /// how long it has waited: the call's later messages, and a redrive while the CRM still
+    /// fails, are parked after one more try rather than given another horizon; once the CRM
+    /// takes it, the call goes on.
+    fn failure(
         &self,
-        call: &CallKey,
         delivery: &Delivery,
         stop: Stop,
         waited: Option<Waiting>,
         now: Timestamp,
-    ) -> anyhow::Result<Failure> {
+    ) -> Failure {
         let (reason, retry_after, until) = match stop {
-            Stop::Unavailable(e) => return Ok(Failure::retry(e)),
+            Stop::Unavailable(e) => return Failure::retry(e),
             Stop::Held { until } => {
                 self.telemetry.held();
-                let until = until.max(later(now, self.waits.hold_at_least));
+                let until = until.max(now.saturating_add(self.waits.hold_at_least));
                 (
                     format!(
                         "the CRM destination's breaker is open: {} is held back",
@@ -298,12 +299,12 @@ impl Deliverer<'_> {
                     reason,
                     retry_after,
                 } => (reason, retry_after, None),
-                settled => return Ok(settled),
+                settled => return settled,
             },
         };
         // The store lost the revision meanwhile (delivered by another worker): try at once.
         let Some(waiting) = waited else {
-            return Ok(Failure::Wait { reason, until: now });
+            return Failure::Wait { reason, until: now };
         };
         let stopped_by_failure = until.is_none();
         let next = match until {
@@ -319,41 +320,27 @@ impl Deliverer<'_> {
                 self.waits.jitter(),
             ),
         };
-        Ok(match next {
+        match next {
             NextTry::At(until) => {
                 if stopped_by_failure {
                     self.telemetry.retried();
                 }
                 Failure::Wait { reason, until }
             }
-            NextTry::Park { ended } => {
-                self.store
-                    .update(call, &mut |record| record.clear_waiting(delivery.revision))
-                    .await?;
-                Failure::Park {
-                    reason: format!(
-                        "tried since {} until the retry horizon ended at {}: {reason}",
-                        waiting.since, ended
-                    ),
-                    crm_status: None,
-                    crm_answer: None,
-                }
-            }
-        })
+            NextTry::Park { ended } => Failure::Park {
+                reason: format!(
+                    "tried since {} until the retry horizon ended at {}: {reason}",
+                    waiting.since, ended
+                ),
+                crm_status: None,
+                crm_answer: None,
+            },
+        }
     }
 
     fn horizon_end(&self, waiting: Waiting) -> Timestamp {
-        later(waiting.since, self.waits.schedule.horizon)
+        waiting.since.saturating_add(self.waits.schedule.horizon)
     }
-}
-
-/// `at` plus `wait`, or `at` past the instants a [`Timestamp`] holds.
-fn later(at: Timestamp, wait: Duration) -> Timestamp {
-    i64::try_from(wait.as_micros())
-        .ok()
-        .and_then(|micros| at.as_micros().checked_add(micros))
-        .and_then(|micros| Timestamp::from_micros(micros).ok())
-        .unwrap_or(at)
 }
 
 #[cfg(test)]
@@ -581,7 +568,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_the_horizon_it_is_parked_and_forgets_how_long_it_waited() {
+    async fn past_the_horizon_it_is_parked_and_parked_again_at_once_until_the_crm_takes_it() {
         let store = MemoryStore::default();
         let mut record = waiting(&store, &[1], MorphEventType::Created).await;
         // Failing since 71 h 58 min: the next whole wait (5 min) falls past 72 h.
@@ -592,16 +579,24 @@ mod tests {
         });
         let version = store.load(&record.key).await.unwrap().unwrap().1;
         store.save(&record, Some(version)).await.unwrap();
-        let crm = Scripted::new(vec![unavailable()]);
+        let crm = Scripted::new(vec![
+            unavailable(),
+            unavailable(),
+            DeliveryOutcome::Delivered,
+        ]);
+        let parked_past_horizon = |delivered: &Delivered| matches!(&delivered.stopped, Some((_, Failure::Park { reason, .. })) if reason.contains("retry horizon"));
         let delivered = deliver(&crm, &store, record, 0).await;
-        let (_, failure) = delivered.stopped.expect("stopped");
-        assert!(
-            matches!(&failure, Failure::Park { reason, .. } if reason.contains("retry horizon")),
-            "{failure:?}"
-        );
+        assert!(parked_past_horizon(&delivered), "{:?}", delivered.stopped);
+        // A later message of the call, or a redrive while the CRM still fails: one more try,
+        // parked again, not another 72 hours.
+        let again = deliver(&crm, &store, store.records()[0].clone(), 0).await;
+        assert!(parked_past_horizon(&again), "{:?}", again.stopped);
         let kept = &store.records()[0].outbox[0];
-        assert_eq!(kept.waiting, None, "a redrive gets a whole horizon");
-        assert!(kept.attempted, "and keeps its key and body");
+        assert_eq!(kept.waiting.unwrap().since, since);
+        // The CRM back: the call goes on.
+        let through = deliver(&crm, &store, store.records()[0].clone(), 0).await;
+        assert_eq!(through.up_to, Some(1));
+        assert!(stored_outbox(&store).is_empty());
     }
 
     #[tokio::test]

@@ -12,7 +12,6 @@ use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Where each destination's breaker is kept, versioned like a call's record.
@@ -72,6 +71,12 @@ impl Destinations {
         }
     }
 
+    /// The same destinations, counting their breakers' openings and closings into `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// Whether a delivery to `destination` may go now; when it may and is `paced` (a call
     /// catching up after an outage), it waits its turn under the rate limit first. Live calls
     /// are not paced: an incoming call's popup does not queue behind a catch-up.
@@ -104,7 +109,7 @@ impl Destinations {
                 .take(&self.rate, now);
             match pace {
                 Pace::Go => return Ok(Admission::Send(permit)),
-                Pace::Wait { until } => tokio::time::sleep(between(now, until)).await,
+                Pace::Wait { until } => tokio::time::sleep(now.until(until)).await,
             }
         }
     }
@@ -134,7 +139,7 @@ impl Destinations {
         let closed = self.closed_signal(destination);
         let notified = closed.notified();
         tokio::select! {
-            () = tokio::time::sleep(between(clock.now(), until)) => {}
+            () = tokio::time::sleep(clock.now().until(until)) => {}
             () = notified => {}
         }
     }
@@ -195,11 +200,6 @@ impl Destinations {
     }
 }
 
-/// The time from `now` to `until`, none if it is past.
-fn between(now: Timestamp, until: Timestamp) -> Duration {
-    Duration::from_micros(u64::try_from(until.as_micros() - now.as_micros()).unwrap_or(0))
-}
-
 /// Breakers in this process's memory: the local server's store, and the tests'.
 #[derive(Default)]
 pub struct MemoryBreakers {
@@ -236,6 +236,7 @@ impl BreakerStore for MemoryBreakers {
 mod tests {
     use super::*;
     use crate::telemetry::InMemoryMetrics;
+    use std::time::Duration;
 
     /// A clock the test moves.
     struct Manual(Mutex<Timestamp>);
@@ -259,16 +260,22 @@ mod tests {
         Timestamp::from_micros(1_765_209_600_000_000 + seconds * 1_000_000).unwrap()
     }
 
-    fn destinations() -> Destinations {
+    /// Destinations over `breakers`, the default breaker, pacing at `rate`.
+    fn over(breakers: Arc<MemoryBreakers>, rate: RateLimit) -> Destinations {
         Destinations::new(
-            Arc::new(MemoryBreakers::default()),
+            breakers,
             BreakerSettings::default(),
-            RateLimit {
-                per_second: 1_000_000.0,
-                burst: 1_000,
-            },
+            rate,
             Telemetry::new(Arc::new(InMemoryMetrics::default())),
         )
+    }
+
+    fn destinations() -> Destinations {
+        let unpaced = RateLimit {
+            per_second: 1_000_000.0,
+            burst: 1_000,
+        };
+        over(Arc::default(), unpaced)
     }
 
     fn down() -> DeliveryOutcome {
@@ -340,14 +347,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_rate_limit_spaces_the_requests_past_the_burst() {
-        let d = Destinations::new(
-            Arc::new(MemoryBreakers::default()),
-            BreakerSettings::default(),
+        let d = over(
+            Arc::default(),
             RateLimit {
                 per_second: 50.0,
                 burst: 2,
             },
-            Telemetry::new(Arc::new(InMemoryMetrics::default())),
         );
         let clock = crate::adapters::clock::SystemClock;
         let started = std::time::Instant::now();
@@ -366,18 +371,8 @@ mod tests {
     async fn a_rival_writer_is_read_again_and_only_one_takes_the_probe() {
         let store = Arc::new(MemoryBreakers::default());
         let (a, b) = (
-            Destinations::new(
-                store.clone(),
-                BreakerSettings::default(),
-                RateLimit::default(),
-                Telemetry::new(Arc::new(InMemoryMetrics::default())),
-            ),
-            Destinations::new(
-                store.clone(),
-                BreakerSettings::default(),
-                RateLimit::default(),
-                Telemetry::new(Arc::new(InMemoryMetrics::default())),
-            ),
+            over(store.clone(), RateLimit::default()),
+            over(store, RateLimit::default()),
         );
         let clock = Manual::at(0);
         for _ in 0..5 {

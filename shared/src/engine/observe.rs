@@ -14,7 +14,10 @@ use tracing::Level;
 
 impl Telemetry {
     /// One line and one count per webhook, accepted or refused, as the HTTP stack got it:
-    /// `provider` and `connection` are those of the URL, `latency` the time to answer.
+    /// `provider` and `connection` are those of the URL, `latency` the time to answer. The
+    /// accepted line is the one a webhook writes at the default level: what an operator looks
+    /// for (the call, its resource, how long the answer took), nothing more (the event's id is
+    /// in the worker's `debug` line).
     pub fn webhook(
         &self,
         provider: &str,
@@ -34,9 +37,7 @@ impl Telemetry {
                     provider,
                     call_key = accepted.call_key,
                     resource_id = accepted.resource_id,
-                    event_id = accepted.event_id,
                     outcome = "accepted",
-                    status = 202,
                     latency_ms,
                     "webhook accepted"
                 );

@@ -4,8 +4,9 @@
 //! state in atomics behind its own clock trait, which a state shared through a store (or
 //! written to a test table) does not fit, and the algorithm is a few lines.
 //!
-//! Not yet wired (RELIABILITY.md, "CRM outages (issue 11) — design"). `Retry-After` is not
-//! this module's: the schedule ([`super::schedule`]) honours it per delivery.
+//! Only calls catching up after an outage are paced ([`super::destination::Destinations::admit`]):
+//! live calls never queue behind them. `Retry-After` is not this module's: the schedule
+//! ([`super::schedule`]) honours it per delivery.
 
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};

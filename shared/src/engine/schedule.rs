@@ -90,9 +90,9 @@ impl RetrySchedule {
         retry_after: Option<Duration>,
         jitter: Jitter,
     ) -> NextTry {
-        let ended = later(first_failure, self.horizon);
+        let ended = first_failure.checked_add(self.horizon);
         match (
-            later(now, self.wait(failed_attempts, retry_after, jitter)),
+            now.checked_add(self.wait(failed_attempts, retry_after, jitter)),
             ended,
         ) {
             (Some(at), Some(ended)) if at <= ended => NextTry::At(at),
@@ -141,12 +141,6 @@ impl RetrySchedule {
             .unwrap_or(self.cap)
             .min(self.cap)
     }
-}
-
-/// `at` plus `wait`, or `None` past the instants a [`Timestamp`] holds.
-fn later(at: Timestamp, wait: Duration) -> Option<Timestamp> {
-    let micros = i64::try_from(wait.as_micros()).ok()?;
-    Timestamp::from_micros(at.as_micros().checked_add(micros)?).ok()
 }
 
 /// Durations in configuration as whole seconds (`horizon = 259200`), the unit the template's

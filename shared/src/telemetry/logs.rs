@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -24,13 +25,31 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Installs the global subscriber: logs to stderr (stdout stays free for events and metrics),
-/// filtered by `RUST_LOG` (default `info`).
+/// filtered by `RUST_LOG` (default `info`). JSON lines leave out the target (the module that
+/// wrote them): the message says what happened, and on Lambda every byte is billed.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, filter, std::io::stderr);
+}
+
+/// [`init_logging`] at `level` (`RUST_LOG`'s syntax) with `writer` (a test counts the lines).
+pub fn init_logging_to(
+    format: LogFormat,
+    level: &str,
+    writer: impl for<'w> MakeWriter<'w> + Send + Sync + 'static,
+) {
+    install(format, EnvFilter::new(level), writer);
+}
+
+fn install(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: impl for<'w> MakeWriter<'w> + Send + Sync + 'static,
+) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -38,6 +57,7 @@ pub fn init_logging(format: LogFormat) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_target(false)
             .try_init(),
     };
 }

@@ -33,7 +33,8 @@ pub trait Metrics: Send + Sync {
     /// The recorder counts go to; `None`: the process's global one.
     fn recorder(&self) -> Option<&dyn Recorder>;
 
-    /// Called after each measurement, so that a sink writing lines writes them at once.
+    /// Called at the end of each invocation ([`super::Telemetry::flush`]), so that a sink
+    /// writing lines writes what the invocation counted before the container may be frozen.
     fn flush(&self) {}
 }
 

@@ -2,10 +2,12 @@
 //!
 //! Logs are structured (`tracing`), JSON when asked (always on Lambda). [`Telemetry`] writes the
 //! lines and counts of the pipeline once for both runtimes: the local server and the Lambda
-//! handlers call it at the same points, so an operator reads the same fields everywhere. One
-//! line per webhook (`webhook accepted`, `webhook refused`) and one per delivery attempt
-//! (`delivery attempt`), each with `connection`, `provider`, `call_key`, `resource_id`, the
-//! `revision` where there is one, `outcome` and `latency_ms`. Tokens are never logged; phone
+//! handlers call it at the same points, so an operator reads the same fields everywhere. At the
+//! default level (`info`), one line per webhook (`webhook accepted`, `webhook refused`) and one
+//! per delivery attempt the CRM did not take (`delivery attempt`), each with `connection`,
+//! `provider`, `call_key`, `resource_id`, the `revision` where there is one, `outcome` and
+//! `latency_ms`; the deliveries that went through are counted, and logged at `debug`. On
+//! Lambda every byte of it is billed (BENCHMARKS.md, cost). Tokens are never logged; phone
 //! numbers are masked unless a connection opts in (`log_numbers`).
 //!
 //! Metrics are counted through the `metrics` crate: CloudWatch Embedded Metric Format lines on
@@ -41,7 +43,7 @@ pub mod prometheus;
 pub use emf::EmfStdout;
 pub use facade::Telemetry;
 pub(crate) use facade::millis;
-pub use logs::{LogFormat, init_logging};
+pub use logs::{LogFormat, init_logging, init_logging_to};
 pub use masking::{mask_number, mask_numbers_in};
 pub use metrics::*;
 #[cfg(feature = "local")]

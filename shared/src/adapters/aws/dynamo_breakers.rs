@@ -12,23 +12,20 @@
 //! not one per delivery. Writes are conditional, so a stale read costs at most a conflict and a
 //! fresh read, and one worker only takes each probe.
 
+use super::dynamo_calls::{EXPIRES_AT, KEY, VERSION, number, put_versioned, read_item};
 use super::usage::Usage;
 use crate::adapters::cached;
 use crate::engine::breaker::Breaker;
 use crate::engine::destination::BreakerStore;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const KEY: &str = "call";
 const STATE: &str = "state";
-const VERSION: &str = "version";
-const EXPIRES_AT: &str = "expires_at";
 /// The prefix that sets a breaker's key apart from a call's (`connection/provider/call`).
 pub const KEY_PREFIX: &str = "breaker#";
 /// How long a read breaker is used without reading it again.
@@ -56,34 +53,18 @@ impl DynamoBreakers {
 
     async fn read(&self, destination: &str) -> anyhow::Result<(Breaker, Option<u64>)> {
         let key = format!("{KEY_PREFIX}{destination}");
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY, AttributeValue::S(key.clone()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read {key} from {}: {}",
-                    self.table,
-                    DisplayErrorContext(&e)
-                )
-            })?;
-        let Some(item) = output.item else {
-            self.usage.call_read(0);
+        let item = read_item(&self.client, &self.table, &key).await?;
+        self.usage.breaker_read();
+        let Some(item) = item else {
             return Ok((Breaker::default(), None));
         };
-        self.usage.call_read(KEY.len() + key.len() + 64);
         let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
-        let number = |name: &str| {
-            item.get(name)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<u64>().ok())
-        };
+        let version = item
+            .get(VERSION)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("{key}: no numeric `{VERSION}`"))?;
         let state = text(STATE).ok_or_else(|| anyhow::anyhow!("{key}: no `{STATE}`"))?;
-        let version = number(VERSION).ok_or_else(|| anyhow::anyhow!("{key}: no `{VERSION}`"))?;
         let breaker = serde_json::from_str(state)
             .map_err(|e| anyhow::anyhow!("{key}: the state does not read: {e}"))?;
         Ok((breaker, Some(version)))
@@ -109,52 +90,24 @@ impl BreakerStore for DynamoBreakers {
             .unwrap_or_default()
             + KEPT_FOR;
         let item = HashMap::from([
-            (KEY.to_string(), AttributeValue::S(key.clone())),
+            (KEY.to_string(), AttributeValue::S(key)),
             (
                 STATE.to_string(),
                 AttributeValue::S(serde_json::to_string(breaker)?),
             ),
-            (VERSION.to_string(), AttributeValue::N(version.to_string())),
-            (
-                EXPIRES_AT.to_string(),
-                AttributeValue::N(expires_at.as_secs().to_string()),
-            ),
+            (VERSION.to_string(), number(version)),
+            (EXPIRES_AT.to_string(), number(expires_at.as_secs())),
         ]);
-        self.usage.call_write(KEY.len() + key.len() + 64);
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        let put = match read {
-            None => put
-                .condition_expression("attribute_not_exists(#key)")
-                .expression_attribute_names("#key", KEY),
-            Some(read) => put
-                .condition_expression("#version = :read")
-                .expression_attribute_names("#version", VERSION)
-                .expression_attribute_values(":read", AttributeValue::N(read.to_string())),
-        };
-        match put.send().await {
-            Ok(_) => {
-                self.read
-                    .insert(destination.to_owned(), (*breaker, Some(version)))
-                    .await;
-                Ok(true)
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                self.usage.conflict();
-                self.read.invalidate(destination).await;
-                Ok(false)
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "cannot write {key} to {}: {}",
-                self.table,
-                DisplayErrorContext(&e)
-            )),
+        self.usage.breaker_write();
+        if put_versioned(&self.client, &self.table, item, read).await? {
+            self.read
+                .insert(destination.to_owned(), (*breaker, Some(version)))
+                .await;
+            Ok(true)
+        } else {
+            self.usage.conflict();
+            self.read.invalidate(destination).await;
+            Ok(false)
         }
     }
 }

@@ -23,12 +23,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const KEY: &str = "call";
+pub(super) const KEY: &str = "call";
 const RECORD: &str = "record";
-const VERSION: &str = "version";
+pub(super) const VERSION: &str = "version";
 const PENDING: &str = "pending";
 const RESOURCE_ID: &str = "resource_id";
-const EXPIRES_AT: &str = "expires_at";
+pub(super) const EXPIRES_AT: &str = "expires_at";
 
 pub struct DynamoCalls {
     client: Client,
@@ -116,24 +116,7 @@ impl DynamoCalls {
 impl CallStore for DynamoCalls {
     async fn load(&self, key: &CallKey) -> anyhow::Result<Option<(CallRecord, Version)>> {
         let path = key.to_path();
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY, AttributeValue::S(path.clone()))
-            // A write only succeeds over the latest version: reading anything older would
-            // just cost a conflict and a second read.
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read call {path} from {}: {}",
-                    self.table,
-                    DisplayErrorContext(&e)
-                )
-            })?;
-        let Some(item) = output.item else {
+        let Some(item) = read_item(&self.client, &self.table, &path).await? else {
             self.usage.call_read(0);
             return Ok(None);
         };
@@ -161,35 +144,76 @@ impl CallStore for DynamoCalls {
             (EXPIRES_AT.to_string(), number(self.expires_at())),
         ]);
         self.usage.call_write(item_bytes(&item));
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        let put = match read {
-            None => put
-                .condition_expression("attribute_not_exists(#key)")
-                .expression_attribute_names("#key", KEY),
-            Some(read) => put
-                .condition_expression("#version = :read")
-                .expression_attribute_names("#version", VERSION)
-                .expression_attribute_values(":read", number(read)),
-        };
-        match put.send().await {
-            Ok(_) => Ok(version),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+        match put_versioned(&self.client, &self.table, item, read).await {
+            Ok(true) => Ok(version),
+            Ok(false) => {
                 self.usage.conflict();
                 Err(StoreError::Conflict)
             }
-            Err(e) => Err(StoreError::Other(anyhow::anyhow!(
-                "cannot write call {path} to {}: {}",
-                self.table,
-                DisplayErrorContext(&e)
-            ))),
+            Err(e) => Err(StoreError::Other(e)),
         }
+    }
+}
+
+/// The item `key` of `table` (calls and breakers alike), read consistently: a write only
+/// succeeds over the latest version, so reading anything older would just cost a conflict and
+/// a second read.
+pub(super) async fn read_item(
+    client: &Client,
+    table: &str,
+    key: &str,
+) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
+    let output = client
+        .get_item()
+        .table_name(table)
+        .key(KEY, AttributeValue::S(key.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read {key} from {table}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(output.item)
+}
+
+/// Puts `item` if the stored item's `version` is still `read` (`None`: if there is none yet);
+/// `Ok(false)`: another writer was first.
+pub(super) async fn put_versioned(
+    client: &Client,
+    table: &str,
+    item: HashMap<String, AttributeValue>,
+    read: Option<u64>,
+) -> anyhow::Result<bool> {
+    let key = item
+        .get(KEY)
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_default();
+    let put = client.put_item().table_name(table).set_item(Some(item));
+    let put = match read {
+        None => put
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", KEY),
+        Some(read) => put
+            .condition_expression("#version = :read")
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":read", number(read)),
+    };
+    match put.send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot write {key} to {table}: {}",
+            DisplayErrorContext(&e)
+        )),
     }
 }
 
@@ -223,7 +247,7 @@ fn key_of_path(path: &str) -> Option<CallKey> {
     Some(CallKey::new(connection, provider, call))
 }
 
-fn number(n: u64) -> AttributeValue {
+pub(super) fn number(n: u64) -> AttributeValue {
     AttributeValue::N(n.to_string())
 }
 

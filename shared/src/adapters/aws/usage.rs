@@ -14,6 +14,8 @@ pub struct Usage {
     call_writes: AtomicU64,
     call_write_units: AtomicU64,
     conflicts: AtomicU64,
+    breaker_reads: AtomicU64,
+    breaker_writes: AtomicU64,
     connection_reads: AtomicU64,
     queue_sends: AtomicU64,
 }
@@ -29,8 +31,16 @@ pub struct UsageCounts {
     pub call_writes: u64,
     /// The write request units they cost.
     pub call_write_units: u64,
-    /// Writes refused because another worker had changed the call since it was read.
+    /// Writes refused because another worker had changed the item (a call or a breaker)
+    /// since it was read.
     pub conflicts: u64,
+    /// Strongly consistent `GetItem`s of the CRM destinations' breaker items, also on the
+    /// calls table (one unit each: the item is under 100 bytes), apart from the calls' so
+    /// that a call's own reads stay countable (a warm worker reads a breaker once a second).
+    pub breaker_reads: u64,
+    /// Conditional `PutItem`s of breaker items, taken or refused (one unit each); none while
+    /// the CRM answers, as a breaker is written only when it changes.
+    pub breaker_writes: u64,
     /// `GetItem`s on the connections table (a warm container caches connections).
     pub connection_reads: u64,
     /// `SendMessage`s on the queue.
@@ -46,6 +56,8 @@ impl UsageCounts {
             call_writes: self.call_writes - before.call_writes,
             call_write_units: self.call_write_units - before.call_write_units,
             conflicts: self.conflicts - before.conflicts,
+            breaker_reads: self.breaker_reads - before.breaker_reads,
+            breaker_writes: self.breaker_writes - before.breaker_writes,
             connection_reads: self.connection_reads - before.connection_reads,
             queue_sends: self.queue_sends - before.queue_sends,
         }
@@ -69,6 +81,8 @@ impl Usage {
             call_writes: get(&self.call_writes),
             call_write_units: get(&self.call_write_units),
             conflicts: get(&self.conflicts),
+            breaker_reads: get(&self.breaker_reads),
+            breaker_writes: get(&self.breaker_writes),
             connection_reads: get(&self.connection_reads),
             queue_sends: get(&self.queue_sends),
         }
@@ -88,6 +102,14 @@ impl Usage {
 
     pub(crate) fn conflict(&self) {
         self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn breaker_read(&self) {
+        self.breaker_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn breaker_write(&self) {
+        self.breaker_writes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_read(&self) {
@@ -110,9 +132,11 @@ mod tests {
         usage.call_read(4097);
         usage.call_write(1024);
         usage.call_write(1025);
+        usage.breaker_read();
         let counts = usage.counts();
         assert_eq!((counts.call_reads, counts.call_read_units), (2, 3));
         assert_eq!((counts.call_writes, counts.call_write_units), (2, 3));
+        assert_eq!((counts.breaker_reads, counts.breaker_writes), (1, 0));
         assert_eq!(counts.since(counts), UsageCounts::default());
     }
 }

@@ -15,6 +15,7 @@ use crate::http::{self, FrontDoor, Mount};
 use crate::telemetry::{EmfStdout, Metrics, Telemetry};
 use aws_config::SdkConfig;
 use axum::Router;
+use axum::response::Response;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,7 +111,8 @@ impl Ingest {
     /// The front door with this provider's routes only, for `lambda_http::run`: the HTTP API
     /// (payload 2.0, `$default` stage) gives the request its path as sent, the query string and
     /// the headers, and a base64-encoded body decoded, so every answer is the local server's.
-    /// An AWS outage is a 503 the provider retries.
+    /// An AWS outage is a 503 the provider retries. What the request counted is written
+    /// before the answer ([`Telemetry::flush`]).
     pub fn router(&self) -> Router {
         let door = FrontDoor {
             connections: Arc::clone(&self.connections) as _,
@@ -119,6 +121,13 @@ impl Ingest {
             clock: Arc::new(SystemClock),
             telemetry: self.telemetry.clone(),
         };
-        http::router(door, Mount::Only(self.provider))
+        // The invocation's metric line, written before its answer.
+        let telemetry = self.telemetry.clone();
+        http::router(door, Mount::Only(self.provider)).layer(axum::middleware::map_response(
+            move |response: Response| {
+                telemetry.flush();
+                std::future::ready(response)
+            },
+        ))
     }
 }

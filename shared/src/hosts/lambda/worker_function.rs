@@ -208,9 +208,11 @@ impl Worker {
         }
     }
 
-    /// Counts into `metrics` rather than CloudWatch's EMF lines.
+    /// Counts into `metrics` rather than CloudWatch's EMF lines, the breakers' openings and
+    /// closings included.
     pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
         self.telemetry = Telemetry::new(metrics);
+        self.destinations = self.destinations.with_telemetry(self.telemetry.clone());
         self
     }
 
@@ -265,7 +267,7 @@ impl Worker {
             }
         }
         let used = self.usage().since(before);
-        tracing::info!(
+        tracing::debug!(
             messages = event.records.len(),
             failed = failed.len(),
             call_reads = used.call_reads,
@@ -273,9 +275,12 @@ impl Worker {
             call_read_units = used.call_read_units,
             call_write_units = used.call_write_units,
             conflicts = used.conflicts,
+            breaker_reads = used.breaker_reads,
+            breaker_writes = used.breaker_writes,
             connection_reads = used.connection_reads,
             "batch done"
         );
+        self.telemetry.flush();
         let mut response = SqsBatchResponse::default();
         response.set_failures(failed);
         Ok(response)
@@ -573,7 +578,7 @@ fn log_failure(
             receive_count,
             held_back,
             reason,
-            "the CRM refused a delivery: the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
+            "the delivery is parked (the CRM refused it, or its retry horizon is past: the reason says which): the message and the call's messages behind it go to the dead-letter queue until the cause is fixed and they are redriven"
         ),
         Failure::Wait { .. } | Failure::Retry { .. } => tracing::warn!(
             message_id,
