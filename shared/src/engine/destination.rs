@@ -11,6 +11,7 @@ use crate::ports::{Clock, DeliveryOutcome};
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -42,6 +43,13 @@ pub enum Admission {
     Hold { until: Timestamp },
 }
 
+/// The closings of one destination's breaker this process has seen, and their signal.
+#[derive(Default)]
+struct Closings {
+    count: AtomicU64,
+    signal: Notify,
+}
+
 /// The destinations' breakers and rate limits, shared by every delivery of a process.
 pub struct Destinations {
     breakers: Arc<dyn BreakerStore>,
@@ -49,8 +57,8 @@ pub struct Destinations {
     rate: RateLimit,
     limiters: Mutex<HashMap<String, Limiter>>,
     /// Woken when this process sees a destination's breaker close, so that the deliveries
-    /// waiting in it go at once rather than at their next try.
-    closed: Mutex<HashMap<String, Arc<Notify>>>,
+    /// waiting on it go at once rather than at their next try.
+    closed: Mutex<HashMap<String, Arc<Closings>>>,
     telemetry: Telemetry,
 }
 
@@ -134,13 +142,27 @@ impl Destinations {
         .await
     }
 
-    /// Waits until `until`, or until this process sees `destination`'s breaker close.
-    pub async fn wait(&self, destination: &str, until: Timestamp, clock: &dyn Clock) {
-        let closed = self.closed_signal(destination);
-        let notified = closed.notified();
+    /// How many times this process has seen `destination`'s breaker close: read it before
+    /// delivering, and give it to [`Destinations::wait`].
+    pub fn closings(&self, destination: &str) -> u64 {
+        self.closings_of(destination).count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `until`, or until this process sees `destination`'s breaker close, or has
+    /// seen it close since it counted `seen` closings ([`Destinations::closings`]): a delivery
+    /// held back just as another call's probe closed the breaker goes at once too.
+    pub async fn wait(&self, destination: &str, until: Timestamp, seen: u64, clock: &dyn Clock) {
+        let closings = self.closings_of(destination);
+        let closed = closings.signal.notified();
+        tokio::pin!(closed);
+        // Listening from here on, then looking: a closing in between is not missed.
+        closed.as_mut().enable();
+        if closings.count.load(Ordering::SeqCst) != seen {
+            return;
+        }
         tokio::select! {
             () = tokio::time::sleep(clock.now().until(until)) => {}
-            () = notified => {}
+            () = closed => {}
         }
     }
 
@@ -184,16 +206,18 @@ impl Destinations {
                     "CRM destination answered: breaker closed; its deliveries resume"
                 );
                 self.telemetry.breaker_closed(open_for);
-                self.closed_signal(destination).notify_waiters();
+                let closings = self.closings_of(destination);
+                closings.count.fetch_add(1, Ordering::SeqCst);
+                closings.signal.notify_waiters();
             }
         }
     }
 
-    fn closed_signal(&self, destination: &str) -> Arc<Notify> {
+    fn closings_of(&self, destination: &str) -> Arc<Closings> {
         Arc::clone(
             self.closed
                 .lock()
-                .expect("closed signals lock")
+                .expect("closings lock")
                 .entry(destination.to_owned())
                 .or_default(),
         )
@@ -333,7 +357,8 @@ mod tests {
         let waiting = {
             let (d, clock) = (Arc::clone(&d), Arc::clone(&clock));
             // A wait of an hour, cut short by the closing.
-            tokio::spawn(async move { d.wait("crm", instant(3600), &*clock).await })
+            let seen = d.closings("crm");
+            tokio::spawn(async move { d.wait("crm", instant(3600), seen, &*clock).await })
         };
         tokio::task::yield_now().await;
         d.answered("crm", Permit::Probe, &DeliveryOutcome::Delivered, &*clock)
@@ -343,6 +368,31 @@ mod tests {
             .await
             .expect("woken by the closing")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closing_between_the_hold_and_the_wait_is_not_missed() {
+        let (d, clock) = (destinations(), Manual::at(0));
+        for _ in 0..5 {
+            d.answered("crm", Permit::Send, &down(), &clock)
+                .await
+                .unwrap();
+        }
+        let seen = d.closings("crm");
+        assert!(matches!(
+            d.admit("crm", false, &clock).await.unwrap(),
+            Admission::Hold { .. }
+        ));
+        // Another call's probe goes through before this one starts waiting.
+        d.answered("crm", Permit::Probe, &DeliveryOutcome::Delivered, &clock)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            d.wait("crm", instant(3600), seen, &clock),
+        )
+        .await
+        .expect("an hour's wait cut short by the closing it would have missed");
     }
 
     #[tokio::test]

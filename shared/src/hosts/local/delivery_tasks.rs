@@ -123,11 +123,13 @@ impl DeliveryTasks {
             waits: &self.waits,
             telemetry: &self.telemetry,
         };
+        let destination = self.crm.destination(&connection);
         let mut current = self.store.load(call).await?.map(|(record, _)| record);
         while let Some(record) = current {
             if record.outbox.is_empty() {
                 return Ok(());
             }
+            let closings = self.destinations.closings(&destination);
             let delivered = {
                 let _permit = self.in_flight.acquire().await?;
                 deliverer.deliver_outbox(&connection, record, 0).await?
@@ -142,9 +144,8 @@ impl DeliveryTasks {
             match failure {
                 Failure::Wait { reason, until } => {
                     tracing::debug!(resource_id = %delivery.resource_id, revision = delivery.revision, reason, %until, "delivery waits");
-                    let destination = self.crm.destination(&connection);
                     self.destinations
-                        .wait(&destination, until, &SystemClock)
+                        .wait(&destination, until, closings, &SystemClock)
                         .await;
                 }
                 // The breakers are in memory: only a store error comes here, tried again at
