@@ -161,10 +161,7 @@ async fn an_outage_opens_the_breaker_holds_every_call_and_loses_nothing() {
         .filter(|s| s.provider == Provider::Telsmart)
         .collect();
     let scenarios = on_copies(&telsmart, "outage");
-    let down = Behaviour {
-        outage: Some(Answer::status(503)),
-        ..Behaviour::default()
-    };
+    let down = Behaviour::down(Answer::status(503));
     let recorder = Recorder::start("127.0.0.1:0", down)
         .await
         .expect("the CRM recorder starts");
@@ -307,10 +304,7 @@ async fn past_the_retry_horizon_a_call_goes_to_the_dead_letter_queue_with_its_re
     const HORIZON: Duration = Duration::from_secs(3);
     const CAP: Duration = Duration::from_secs(1);
     let s = on_copies(&without_shared_webhooks(scenario::all())[..1], "horizon").remove(0);
-    let down = Behaviour {
-        outage: Some(Answer::status(503)),
-        ..Behaviour::default()
-    };
+    let down = Behaviour::down(Answer::status(503));
     let recorder = Recorder::start("127.0.0.1:0", down)
         .await
         .expect("the CRM recorder starts");

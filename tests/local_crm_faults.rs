@@ -23,10 +23,7 @@ fn micros(event: &RecordedEvent) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_crm_gets_everything_in_order_once_it_recovers() {
-    let down = Behaviour {
-        outage: Some(Answer::status(503)),
-        ..Behaviour::default()
-    };
+    let down = Behaviour::down(Answer::status(503));
     let recorder = Recorder::start("127.0.0.1:0", down)
         .await
         .expect("the CRM recorder starts");

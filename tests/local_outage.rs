@@ -65,10 +65,7 @@ fn two_connections() -> Vec<Scenario> {
 /// Runs the outage of `down_for` against a server configured with `crm` and checks
 /// everything; prints the figures for RELIABILITY.md.
 async fn survive(crm: CrmSettings, down_for: Duration) {
-    let down = Behaviour {
-        outage: Some(Answer::status(503)),
-        ..Behaviour::default()
-    };
+    let down = Behaviour::down(Answer::status(503));
     let recorder = Recorder::start("127.0.0.1:0", down)
         .await
         .expect("the CRM recorder starts");

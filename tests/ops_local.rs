@@ -171,11 +171,7 @@ async fn every_webhook_is_logged_and_every_delivery_counted() {
 async fn calls_are_listed_shown_sent_again_and_erased() {
     let s = answered_call();
     let resource_id = s.resource_ids().remove(0);
-    let recorder = recorder(Behaviour {
-        outage: Some(Answer::status(422)),
-        ..Behaviour::default()
-    })
-    .await;
+    let recorder = recorder(Behaviour::down(Answer::status(422))).await;
     let setup = Setup::new(&recorder.url(), CrmSettings::default(), &[]);
     let config = setup.config.as_path();
     let bridge = Bridge::start(&setup).await;

@@ -274,6 +274,16 @@ pub struct Behaviour {
     pub ignore_keys: bool,
 }
 
+impl Behaviour {
+    /// A CRM that is down: every event gets `answer`.
+    pub fn down(answer: Answer) -> Self {
+        Self {
+            outage: Some(answer),
+            ..Self::default()
+        }
+    }
+}
+
 /// The Morph event headers, as received.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventHeaders {
