@@ -110,6 +110,19 @@ pub struct QueuedMessage {
     pub webhook: Result<QueuedWebhook, (serde_json::Error, Option<CallKey>)>,
 }
 
+/// The worker's end of the in-memory hand-over, once it has one.
+#[derive(Clone, Default)]
+struct HandOver(Arc<Mutex<Option<mpsc::Sender<QueuedMessage>>>>);
+
+impl HandOver {
+    /// Whether the message was handed over; not when there is no room (the worker is behind
+    /// and reads the queue) or nobody to take it.
+    fn give(&self, message: QueuedMessage) -> bool {
+        let to = self.0.lock().expect("hand-over lock");
+        to.as_ref().is_some_and(|to| to.try_send(message).is_ok())
+    }
+}
+
 /// A delivery set aside: the CRM refused it, or it could not be delivered in the attempts
 /// allowed. Its call's later deliveries wait behind it until it is un-parked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +171,11 @@ pub struct SqliteStore {
     maybe_parked: Mutex<HashSet<String>>,
     /// The activated users of each connection read so far; this store is their only writer.
     activated_users: users::Cache,
-    queued: Notify,
+    /// Where a webhook goes, in memory, once its insert is committed: the worker's reader.
+    hand_over: HandOver,
+    /// Wakes the worker's reader to read the queue: a webhook was queued that it was not
+    /// handed in memory.
+    queued: Arc<Notify>,
     /// Set when an erasure is done: the checkpointer then empties the WAL file.
     erased: Arc<AtomicBool>,
 }
@@ -188,13 +205,25 @@ impl SqliteStore {
             records: RecordCache::default(),
             maybe_parked: Mutex::new(parked),
             activated_users: users::Cache::builder().build(),
-            queued: Notify::new(),
+            hand_over: HandOver::default(),
+            queued: Arc::new(Notify::new()),
         })
     }
 
-    /// Resolves when a webhook was queued since the last call (or now, if one was).
+    /// Resolves when a webhook was queued that was not handed over in memory since the last
+    /// call (or now, if one was): the queue has to be read.
     pub async fn queued(&self) {
         self.queued.notified().await;
+    }
+
+    /// The webhooks queued from now on, each handed over as its insert commits, in queue
+    /// order, so the worker need not read them back. One that does not fit is not handed over
+    /// ([`SqliteStore::queued`] resolves instead): the queue keeps it. A later call takes the
+    /// hand-over from an earlier one.
+    pub fn hand_over(&self, capacity: usize) -> mpsc::Receiver<QueuedMessage> {
+        let (sender, receiver) = mpsc::channel(capacity);
+        *self.hand_over.0.lock().expect("hand-over lock") = Some(sender);
+        receiver
     }
 
     /// Up to `limit` queued messages after `after`, oldest first.
@@ -225,27 +254,33 @@ impl SqliteStore {
             .collect())
     }
 
-    /// Removes a processed message. Not waited for: if a crash loses the removal, the message
-    /// is processed again, which changes nothing.
-    pub async fn remove_queued(&self, seq: i64) {
-        let removal = self.writer.submit(move |c| {
-            c.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
-                .execute([seq])
-        });
-        if let Err(e) = removal.await {
-            tracing::warn!(seq, error = %e, "cannot remove a processed webhook from the queue");
-        }
+    /// Removes the processed messages: every one up to `last`, but those in `kept` (which wait
+    /// for a restart). Done for many messages at once, after they are processed, so a crash
+    /// before it only has them processed again, which changes nothing.
+    pub async fn remove_queued_through(&self, last: i64, kept: &[i64]) -> anyhow::Result<()> {
+        let kept = serde_json::to_string(kept)?;
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "DELETE FROM queue WHERE seq <= ?1 \
+                     AND seq NOT IN (SELECT value FROM json_each(?2))",
+                )?
+                .execute(params![last, kept])
+            })
+            .await?;
+        Ok(())
     }
 
     /// Moves a queued webhook that can never be applied as it is to the dead letters, with why,
-    /// so that the queue goes on without it; `deliveries retry` queues it again.
+    /// so that the queue goes on without it; `deliveries retry` queues it again. Whether it
+    /// was moved.
     pub async fn set_aside(
         &self,
         seq: i64,
         resource_id: Option<String>,
         reason: String,
         parked_at: Timestamp,
-    ) {
+    ) -> bool {
         let parked_at = parked_at.as_micros();
         let moved = self.writer.write(move |c| {
             c.prepare_cached(
@@ -255,9 +290,10 @@ impl SqliteStore {
             .execute(params![seq, resource_id, reason, parked_at])?;
             c.prepare_cached("DELETE FROM queue WHERE seq = ?1")?.execute([seq])
         });
-        if let Err(e) = moved.await {
-            tracing::error!(seq, error = %e, "cannot set a webhook aside; it stays in the queue until a restart");
-        }
+        moved
+            .await
+            .inspect_err(|e| tracing::error!(seq, error = %e, "cannot set a webhook aside; it stays in the queue until a restart"))
+            .is_ok()
     }
 
     /// The webhooks set aside, oldest first.
@@ -478,13 +514,28 @@ impl SqliteStore {
 impl Queue for SqliteStore {
     async fn enqueue(&self, webhook: &QueuedWebhook) -> anyhow::Result<()> {
         let json = webhook.to_message()?;
+        let hand_over = self.hand_over.clone();
+        let queued = Arc::clone(&self.queued);
+        let webhook = webhook.clone();
         self.writer
-            .write(move |c| {
-                c.prepare_cached("INSERT INTO queue (webhook) VALUES (?1)")?
-                    .execute([json])
-            })
+            .write_then(
+                move |c| {
+                    c.prepare_cached("INSERT INTO queue (webhook) VALUES (?1)")?
+                        .execute([json])?;
+                    Ok(c.last_insert_rowid())
+                },
+                // On the writer's thread, as the commit's writes are answered in order: the
+                // reader gets the queue's order.
+                move |&seq| {
+                    if !hand_over.give(QueuedMessage {
+                        seq,
+                        webhook: Ok(webhook),
+                    }) {
+                        queued.notify_one();
+                    }
+                },
+            )
             .await?;
-        self.queued.notify_one();
         Ok(())
     }
 }
@@ -765,19 +816,24 @@ impl Writer {
         &self,
         write: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        self.submit(write).await?.await
+        self.write_then(write, |_| {}).await
     }
 
-    /// Hands `write` to the writer; the returned future resolves once it is committed.
-    async fn submit<T: Send + 'static>(
+    /// [`Writer::write`], with `committed` called on the writer's thread once the write is
+    /// committed, before the caller hears of it; writes are answered in commit order.
+    async fn write_then<T: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> anyhow::Result<impl Future<Output = anyhow::Result<T>>> {
+        committed: impl FnOnce(&T) + Send + 'static,
+    ) -> anyhow::Result<T> {
         let (done, outcome) = oneshot::channel();
         let job: Job = Box::new(move |connection| {
             let result = connection.map(write);
-            Box::new(move |committed| {
-                let _ = done.send(match (result, committed) {
+            Box::new(move |commit| {
+                if let (Some(Ok(written)), Ok(())) = (&result, commit) {
+                    committed(written);
+                }
+                let _ = done.send(match (result, commit) {
                     (Some(result), Ok(())) => result.map_err(anyhow::Error::from),
                     (_, Err(why)) => Err(anyhow!("the write was not committed: {why}")),
                     (None, Ok(())) => Err(anyhow!("the write was not run")),
@@ -788,11 +844,9 @@ impl Writer {
             .send(job)
             .await
             .map_err(|_| anyhow!("the SQLite writer stopped"))?;
-        Ok(async move {
-            outcome
-                .await
-                .map_err(|_| anyhow!("the SQLite writer stopped"))?
-        })
+        outcome
+            .await
+            .map_err(|_| anyhow!("the SQLite writer stopped"))?
     }
 }
 
@@ -975,12 +1029,46 @@ mod tests {
         assert_eq!(queued_events(&store).await, ["c1-1", "c1-2", "c1-3"]);
 
         let first = store.next_queued(0, 1).await.unwrap().remove(0);
-        store.remove_queued(first.seq).await;
+        store.remove_queued_through(first.seq, &[]).await.unwrap();
         drop(store);
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(queued_events(&store).await, ["c1-2", "c1-3"]);
         let after_first = store.next_queued(first.seq + 1, 100).await.unwrap();
         assert_eq!(after_first.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_webhooks_are_handed_over_in_queue_order_until_there_is_no_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let mut handed_over = store.hand_over(150);
+        let enqueues: Vec<_> = (0..200)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.enqueue(&webhook("c1", n)).await })
+            })
+            .collect();
+        for enqueue in enqueues {
+            enqueue.await.unwrap().unwrap();
+        }
+
+        let mut handed = Vec::new();
+        while let Ok(message) = handed_over.try_recv() {
+            let webhook = message.webhook.unwrap();
+            handed.push((message.seq, webhook.event.id));
+        }
+        let queued: Vec<_> = store
+            .next_queued(0, 1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.seq, m.webhook.unwrap().event.id))
+            .collect();
+        assert_eq!(queued.len(), 200, "the queue keeps every webhook");
+        assert_eq!(handed, queued[..150], "the first 150 in queue order");
+        tokio::time::timeout(Duration::from_secs(1), store.queued())
+            .await
+            .expect("the reader is told to read the queue for the 50 not handed over");
     }
 
     #[tokio::test]

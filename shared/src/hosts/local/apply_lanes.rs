@@ -1,7 +1,10 @@
 //! The worker task: queued webhooks, in queue order, applied to their calls' records.
 //!
-//! A reader takes the queue in order and hands each webhook to a lane chosen by its call, so
-//! a call's events are applied one after another while different calls go on in parallel.
+//! A reader takes the webhooks in queue order and hands each to a lane chosen by its call, so
+//! a call's events are applied one after another while different calls go on in parallel. It
+//! is handed each webhook in memory as its insert commits, and reads the queue only for what
+//! it was not handed: what a previous run left, and what came while it was behind. Processed
+//! messages leave the queue many at a time, up to the oldest one a lane still has.
 
 use crate::adapters::clock::SystemClock;
 use crate::adapters::contact_http::HttpContactLookup;
@@ -12,10 +15,11 @@ use crate::engine::apply::{Applied, apply};
 use crate::engine::failure::Failure;
 use crate::ports::{Clock, ConnectionDirectory, QueuedWebhook};
 use crate::telemetry::Telemetry;
+use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 /// Calls applied in parallel. Applying is store work only, so a few dozen keep the writer's
@@ -25,6 +29,9 @@ const LANES: usize = 32;
 const LANE_CAPACITY: usize = 64;
 /// Queued webhooks read at once.
 const READ_BATCH: usize = 256;
+/// Webhooks handed over in memory and not taken yet; past this the reader is behind, and
+/// reads them from the queue once it catches up.
+pub(super) const HAND_OVER_CAPACITY: usize = 4_096;
 /// Pauses between tries of a webhook the store could not take.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -37,11 +44,36 @@ pub(super) struct Worker {
     pub poll_interval: Duration,
     pub contacts: HttpContactLookup,
     pub telemetry: Telemetry,
+    pub progress: Mutex<Progress>,
+    /// A lane is done with a message.
+    pub done: Notify,
+}
+
+/// Where the worker is in the queue.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// The last message handed to a lane.
+    handed: i64,
+    /// Handed to a lane and not done with yet.
+    in_lanes: BTreeSet<i64>,
+    /// Done with, but left in the queue for the next start: their connection is not
+    /// configured, or they could not be set aside.
+    kept: BTreeSet<i64>,
+}
+
+impl Progress {
+    /// The last message that, with every one before it, is done with.
+    fn done_through(&self) -> i64 {
+        self.in_lanes
+            .first()
+            .map_or(self.handed, |oldest| oldest - 1)
+    }
 }
 
 impl Worker {
-    /// Reads the queue, oldest first, and hands each webhook to its call's lane.
-    pub async fn run(self: Arc<Self>) {
+    /// Takes the webhooks in queue order, from the hand-over or the queue, and hands each to
+    /// its call's lane.
+    pub async fn run(self: Arc<Self>, mut handed_over: mpsc::Receiver<QueuedMessage>) {
         let mut lanes = JoinSet::new();
         let senders: Vec<_> = (0..LANES)
             .map(|_| {
@@ -50,51 +82,110 @@ impl Worker {
                 sender
             })
             .collect();
+        lanes.spawn(Arc::clone(&self).remove_done());
         // The last message handed to a lane. The queue keeps every message until it is
-        // applied, so a restart starts again from the first one left.
+        // processed, so a start reads it from the first one left.
         let mut after = 0;
+        let mut read_queue = true;
         loop {
-            let batch = match self.store.next_queued(after, READ_BATCH).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the queue");
-                    tokio::time::sleep(self.poll_interval).await;
-                    continue;
+            if read_queue {
+                match self.store.next_queued(after, READ_BATCH).await {
+                    Ok(batch) => {
+                        read_queue = batch.len() == READ_BATCH;
+                        for message in batch {
+                            after = message.seq;
+                            self.hand(&senders, message).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the queue");
+                        tokio::time::sleep(self.poll_interval).await;
+                    }
                 }
-            };
-            if batch.is_empty() {
-                tokio::select! {
-                    () = self.store.queued() => {}
-                    () = tokio::time::sleep(self.poll_interval) => {}
-                }
+                continue;
             }
-            for message in batch {
-                after = message.seq;
-                if senders[lane(&message)].send(message).await.is_err() {
-                    tracing::error!("a worker lane stopped; its webhooks wait for a restart");
+            tokio::select! {
+                Some(message) = handed_over.recv() => {
+                    // At or before `after`: read from the queue already. Past the next one: a
+                    // message in between was not handed over, and the queue has both.
+                    if message.seq == after + 1 {
+                        after = message.seq;
+                        self.hand(&senders, message).await;
+                    } else if message.seq > after {
+                        read_queue = true;
+                    }
+                }
+                () = self.store.queued() => read_queue = true,
+                () = tokio::time::sleep(self.poll_interval) => read_queue = true,
+            }
+        }
+    }
+
+    async fn hand(&self, lanes: &[mpsc::Sender<QueuedMessage>], message: QueuedMessage) {
+        {
+            let mut progress = self.progress.lock().expect("progress lock");
+            progress.handed = message.seq;
+            progress.in_lanes.insert(message.seq);
+        }
+        if lanes[lane(&message)].send(message).await.is_err() {
+            tracing::error!("a worker lane stopped; its webhooks wait for a restart");
+        }
+    }
+
+    /// Removes what the lanes are done with from the queue, as one write for all that were
+    /// done while the last one was committed.
+    async fn remove_done(self: Arc<Self>) {
+        let mut removed_through = 0;
+        loop {
+            self.done.notified().await;
+            let (through, kept) = {
+                let progress = self.progress.lock().expect("progress lock");
+                let kept: Vec<i64> = progress.kept.iter().copied().collect();
+                (progress.done_through(), kept)
+            };
+            if through <= removed_through {
+                continue;
+            }
+            match self.store.remove_queued_through(through, &kept).await {
+                Ok(()) => removed_through = through,
+                // Left for the next removal, or processed again after a restart.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove processed webhooks from the queue")
                 }
             }
         }
+    }
+
+    fn done_with(&self, seq: i64, keep: bool) {
+        {
+            let mut progress = self.progress.lock().expect("progress lock");
+            progress.in_lanes.remove(&seq);
+            if keep {
+                progress.kept.insert(seq);
+            }
+        }
+        self.done.notify_one();
     }
 
     async fn run_lane(self: Arc<Self>, mut messages: mpsc::Receiver<QueuedMessage>) {
         while let Some(message) = messages.recv().await {
-            self.process(message).await;
+            let seq = message.seq;
+            let keep = self.process(message).await == Processed::Kept;
+            self.done_with(seq, keep);
         }
     }
 
-    /// Applies one webhook and removes it from the queue. While the store fails it tries
-    /// again: the call's later events must wait behind it, and the other calls need the same
-    /// store anyway. What can never be applied as it is (a message or a record that does not
-    /// read, a record that would be too large) is set aside at once, on its own.
-    async fn process(&self, message: QueuedMessage) {
+    /// Applies one webhook. While the store fails it tries again: the call's later events
+    /// must wait behind it, and the other calls need the same store anyway. What can never be
+    /// applied as it is (a message or a record that does not read, a record that would be too
+    /// large) is set aside at once, on its own.
+    async fn process(&self, message: QueuedMessage) -> Processed {
         let webhook = match message.webhook {
             Ok(webhook) => webhook,
             Err((e, call)) => {
                 let reason = format!("the queued webhook does not read: {e}");
                 let resource_id = call.map(|call| call.resource_id());
-                self.set_aside(message.seq, resource_id, reason).await;
-                return;
+                return self.set_aside(message.seq, resource_id, reason).await;
             }
         };
         let mut pause = FIRST_PAUSE;
@@ -109,12 +200,11 @@ impl Worker {
                             continue;
                         }
                     }
-                    self.store.remove_queued(message.seq).await;
                     for call in applied.to_deliver {
                         // Fails only when the runtime is stopping; the store keeps the outbox.
                         let _ = self.to_deliver.send(call);
                     }
-                    return;
+                    return Processed::Done;
                 }
                 Ok(None) => {
                     tracing::warn!(
@@ -122,13 +212,12 @@ impl Worker {
                         connection = %webhook.connection_id,
                         "the webhook's connection is not configured; it stays in the queue until a restart"
                     );
-                    return;
+                    return Processed::Kept;
                 }
                 Err(e) => match Failure::of_store(e) {
                     Failure::Poison { reason } => {
                         let resource_id = Some(webhook.call().resource_id());
-                        self.set_aside(message.seq, resource_id, reason).await;
-                        return;
+                        return self.set_aside(message.seq, resource_id, reason).await;
                     }
                     failure => {
                         tracing::error!(
@@ -145,7 +234,7 @@ impl Worker {
         }
     }
 
-    async fn set_aside(&self, seq: i64, resource_id: Option<String>, reason: String) {
+    async fn set_aside(&self, seq: i64, resource_id: Option<String>, reason: String) -> Processed {
         tracing::error!(
             seq,
             resource_id,
@@ -153,9 +242,15 @@ impl Worker {
             "a webhook can never be applied as it is: set aside (`callbridge deliveries list`)"
         );
         self.telemetry.parked();
-        self.store
+        if self
+            .store
             .set_aside(seq, resource_id, reason, SystemClock.now())
-            .await;
+            .await
+        {
+            Processed::Done
+        } else {
+            Processed::Kept
+        }
     }
 
     /// `None` when the webhook's connection is not (or no longer) configured.
@@ -167,6 +262,15 @@ impl Worker {
         self.telemetry.applied(webhook, &applied);
         Ok(Some(applied))
     }
+}
+
+/// What became of a message a lane took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Processed {
+    /// Applied or set aside: it can leave the queue.
+    Done,
+    /// It stays in the queue until the next start.
+    Kept,
 }
 
 /// The lane of a message's call (unreadable messages all go to the first).

@@ -1,7 +1,7 @@
 //! The local runtime: the pipeline AWS runs, on one machine, over the SQLite store.
 //!
-//! Ingest (the HTTP server) queues webhooks in the store. A worker task reads the queue in
-//! order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
+//! Ingest (the HTTP server) queues webhooks in the store, which hands each to the worker in
+//! memory once it is committed. A worker task takes them in queue order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
 //! delivers each call's outbox to the CRM with [`crate::engine::deliver::Deliverer`], waiting
 //! on the retry schedule and the CRM destinations' breakers, and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
@@ -85,6 +85,7 @@ impl LocalRuntime {
         telemetry: Telemetry,
     ) -> Self {
         let (to_deliver, woken) = mpsc::unbounded_channel();
+        let handed_over = store.hand_over(apply_lanes::HAND_OVER_CAPACITY);
         let worker = apply_lanes::Worker {
             store: Arc::clone(&store),
             connections: Arc::clone(&connections),
@@ -92,11 +93,13 @@ impl LocalRuntime {
             poll_interval: settings.poll_interval,
             contacts: HttpContactLookup::default(),
             telemetry: telemetry.clone(),
+            progress: Default::default(),
+            done: Default::default(),
         };
         let deliverer =
             delivery_tasks::DeliveryTasks::new(store, connections, crm, settings, telemetry);
         Self {
-            worker: tokio::spawn(Arc::new(worker).run()),
+            worker: tokio::spawn(Arc::new(worker).run(handed_over)),
             delivery: tokio::spawn(Arc::new(deliverer).run(woken)),
         }
     }

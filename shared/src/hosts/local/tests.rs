@@ -234,6 +234,29 @@ impl Bridge {
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test]
+async fn processed_webhooks_leave_the_queue_but_one_whose_connection_is_gone_stays() {
+    let bridge = Bridge::new(ScriptedCrm::default()).await;
+    let runtime = bridge.start(retry_soon(), HOUR);
+
+    let orphan = webhook_of("gone", "c0", 0, EventKind::Ringing);
+    bridge.enqueue([orphan]).await;
+    bridge.enqueue(whole_call("c1")).await;
+
+    bridge.delivered("c1", 1..=3).await;
+    // Removed many at a time, around the one kept for the next start.
+    eventually("only the orphan is left in the queue", async || {
+        let queued = bridge.store.next_queued(0, 10).await.unwrap();
+        let left: Vec<_> = queued
+            .into_iter()
+            .map(|m| m.webhook.unwrap().event.id)
+            .collect();
+        left == ["gone-c0-0"]
+    })
+    .await;
+    runtime.stop().await;
+}
+
+#[tokio::test]
 async fn retries_then_delivers_in_order_under_the_same_key() {
     let crm = ScriptedCrm::answering(
         "c1",
