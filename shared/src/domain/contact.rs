@@ -54,6 +54,13 @@ pub fn to_e164(number: &str, default_country: Option<Country>) -> Option<String>
     Some(international)
 }
 
+/// Loads `phonenumber`'s numbering plans, which it reads in full on first use (tens of
+/// milliseconds): a server calls it as it starts, so that its first call is not the one that
+/// waits.
+pub fn load_numbering_plans() {
+    parse("+3228992675", None);
+}
+
 fn parse(number: &str, country: Option<Country>) -> Option<PhoneNumber> {
     phonenumber::parse(country.map(|c| c.0), number).ok()
 }

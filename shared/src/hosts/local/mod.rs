@@ -23,6 +23,7 @@ use crate::adapters::crm_http::HttpCrm;
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
+use crate::domain::contact;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::rate_limit::RateLimit;
 use crate::engine::schedule::RetrySchedule;
@@ -84,6 +85,7 @@ impl LocalRuntime {
         settings: Settings,
         telemetry: Telemetry,
     ) -> Self {
+        tokio::task::spawn_blocking(contact::load_numbering_plans);
         let (to_deliver, woken) = mpsc::unbounded_channel();
         let handed_over = store.hand_over(apply_lanes::HAND_OVER_CAPACITY);
         let worker = apply_lanes::Worker {
