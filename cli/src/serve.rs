@@ -17,6 +17,7 @@ use callbridge_shared::engine::activation::WithActivatedUsers;
 use callbridge_shared::engine::ingest::Rejection;
 use callbridge_shared::hosts::local::{self, LocalRuntime, Settings};
 use callbridge_shared::http::{self, FrontDoor, Mount, allowing, refusal};
+use callbridge_shared::ports::Queue;
 use callbridge_shared::telemetry::prometheus::CONTENT_TYPE;
 use callbridge_shared::telemetry::{LogFormat, PrometheusMetrics, Telemetry, init_logging};
 use serde_json::json;
@@ -75,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "listening on {address}"
     );
     let server = Server {
+        queue: runtime.queue(),
         store,
         connections,
         telemetry,
@@ -140,6 +142,7 @@ async fn serve_connection(tcp: TcpStream, app: Router, mut stop: watch::Receiver
 
 #[derive(Clone)]
 struct Server {
+    queue: Arc<dyn Queue>,
     store: Arc<SqliteStore>,
     connections: Arc<ConfigDirectory>,
     telemetry: Telemetry,
@@ -151,7 +154,7 @@ struct Server {
 fn router(server: Server) -> Router {
     let door = FrontDoor {
         connections: Arc::clone(&server.connections) as _,
-        queue: Arc::clone(&server.store) as _,
+        queue: Arc::clone(&server.queue),
         users: Some(Arc::clone(&server.store) as _),
         clock: Arc::new(SystemClock),
         telemetry: server.telemetry.clone(),

@@ -63,6 +63,19 @@ impl QueuedWebhook {
     /// sent, so a queue never refuses it for its size. U+FFFE and U+FFFF, which serde_json
     /// writes as they are and SQS refuses (it takes only XML's characters), are written as
     /// JSON escapes: they can only stand inside strings, and read back the same.
+    /// Refuses the webhook whose message [`QueuedWebhook::to_message`] would refuse, without
+    /// writing the message.
+    pub fn check_message_size(&self) -> Result<(), MessageTooLarge> {
+        let mut counted = ByteCount(0);
+        serde_json::to_writer(&mut counted, self).expect("a queued webhook serialises");
+        // Escaping U+FFFE and U+FFFF (3 bytes each, 6 escaped) at most doubles a message:
+        // only one that could then be over the limit is written out.
+        if counted.0 * 2 > MAX_MESSAGE_BYTES {
+            self.to_message()?;
+        }
+        Ok(())
+    }
+
     pub fn to_message(&self) -> Result<String, MessageTooLarge> {
         let json = serde_json::to_string(self).expect("a queued webhook serialises");
         let json = if json.contains(['\u{fffe}', '\u{ffff}']) {
@@ -101,6 +114,20 @@ impl QueuedWebhook {
             message.event.provider,
             &message.event.call_key,
         ))
+    }
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -19,7 +19,10 @@
 //! Checkpoints run on a thread of their own (`Checkpointer`): SQLite's automatic ones run
 //! inside a commit and made the slowest commits ten times slower.
 
+mod transaction;
 mod users;
+
+pub use transaction::Transaction;
 
 use crate::domain::event::Provider;
 use crate::domain::record::{CallKey, CallRecord, RecordError};
@@ -575,58 +578,133 @@ impl CallStore for SqliteStore {
         record: &CallRecord,
         read: Option<Version>,
     ) -> Result<Version, StoreError> {
-        let json = record.to_stored_json().map_err(anyhow::Error::from)?;
-        let key = record.key.clone();
-        let resource_id = record.resource_id.clone();
-        let undelivered = !record.outbox.is_empty();
+        let row = RecordRow::of(record, read).map_err(anyhow::Error::from)?;
         let written = self
             .writer
-            .write(move |c| {
-                let provider = key.provider.as_str();
-                match read {
-                    None => c
-                        .prepare_cached(
-                            "INSERT INTO calls (connection_id, provider, call_key, resource_id, \
-                             version, undelivered, record) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6) \
-                             ON CONFLICT DO NOTHING",
-                        )?
-                        .execute(params![
-                            key.connection_id,
-                            provider,
-                            key.call_key,
-                            resource_id,
-                            undelivered,
-                            json
-                        ]),
-                    Some(version) => c
-                        .prepare_cached(
-                            "UPDATE calls SET version = version + 1, undelivered = ?5, record = ?6 \
-                             WHERE connection_id = ?1 AND provider = ?2 AND call_key = ?3 \
-                             AND version = ?4",
-                        )?
-                        .execute(params![
-                            key.connection_id,
-                            provider,
-                            key.call_key,
-                            version,
-                            undelivered,
-                            json
-                        ]),
-                }
-            })
+            .write(move |c| row.write(c))
             .await
             .inspect_err(|_| self.records.forget(&record.key))?;
-        if written == 0 {
+        if !written {
             self.records.forget(&record.key);
             return Err(StoreError::Conflict);
         }
         let version = read.map_or(1, |version| version + 1);
+        self.saved(record, version);
+        Ok(version)
+    }
+}
+
+impl SqliteStore {
+    /// Saves every record over the version read, in one write: all of them, or none when one
+    /// of them changed since it was read (a conflict).
+    async fn save_all(
+        &self,
+        records: Vec<(CallRecord, Option<Version>)>,
+    ) -> Result<(), StoreError> {
+        let rows = records
+            .iter()
+            .map(|(record, read)| RecordRow::of(record, *read))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::from)?;
+        let written = self
+            .writer
+            .write(move |c| {
+                c.execute_batch("SAVEPOINT records")?;
+                let mut all = Ok(true);
+                for row in &rows {
+                    all = row.write(c);
+                    if all != Ok(true) {
+                        break;
+                    }
+                }
+                if all == Ok(true) {
+                    c.execute_batch("RELEASE records")?;
+                } else {
+                    c.execute_batch("ROLLBACK TO records; RELEASE records")?;
+                }
+                all
+            })
+            .await;
+        match written {
+            Ok(true) => {
+                for (record, read) in &records {
+                    self.saved(record, read.map_or(1, |version| version + 1));
+                }
+                Ok(())
+            }
+            written => {
+                for (record, _) in &records {
+                    self.records.forget(&record.key);
+                }
+                Err(written.map_or_else(StoreError::from, |_| StoreError::Conflict))
+            }
+        }
+    }
+
+    fn saved(&self, record: &CallRecord, version: Version) {
         self.records.offer(record, version);
         if record.erased_at.is_some() && record.outbox.is_empty() {
             // The call's earlier versions are still in the WAL's old frames.
             self.erased.store(true, Ordering::Relaxed);
         }
-        Ok(version)
+    }
+}
+
+/// A record as its row stores it, ready to be written over the version read.
+struct RecordRow {
+    key: CallKey,
+    resource_id: String,
+    undelivered: bool,
+    json: String,
+    read: Option<Version>,
+}
+
+impl RecordRow {
+    fn of(record: &CallRecord, read: Option<Version>) -> Result<Self, RecordError> {
+        Ok(Self {
+            key: record.key.clone(),
+            resource_id: record.resource_id.clone(),
+            undelivered: !record.outbox.is_empty(),
+            json: record.to_stored_json()?,
+            read,
+        })
+    }
+
+    /// Whether it was written: not when the stored version is not the one read.
+    fn write(&self, c: &Connection) -> rusqlite::Result<bool> {
+        let key = &self.key;
+        let provider = key.provider.as_str();
+        let written = match self.read {
+            None => c
+                .prepare_cached(
+                    "INSERT INTO calls (connection_id, provider, call_key, resource_id, \
+                     version, undelivered, record) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6) \
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    key.connection_id,
+                    provider,
+                    key.call_key,
+                    self.resource_id,
+                    self.undelivered,
+                    self.json
+                ])?,
+            Some(version) => c
+                .prepare_cached(
+                    "UPDATE calls SET version = version + 1, undelivered = ?5, record = ?6 \
+                     WHERE connection_id = ?1 AND provider = ?2 AND call_key = ?3 \
+                     AND version = ?4",
+                )?
+                .execute(params![
+                    key.connection_id,
+                    provider,
+                    key.call_key,
+                    version,
+                    self.undelivered,
+                    self.json
+                ])?,
+        };
+        Ok(written == 1)
     }
 }
 

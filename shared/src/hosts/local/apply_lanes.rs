@@ -1,14 +1,18 @@
-//! The worker task: queued webhooks, in queue order, applied to their calls' records.
+//! The worker: webhooks applied to their calls' records on lanes chosen by call, so a call's
+//! events are applied one after another while different calls go on in parallel.
 //!
-//! A reader takes the webhooks in queue order and hands each to a lane chosen by its call, so
-//! a call's events are applied one after another while different calls go on in parallel. It
-//! is handed each webhook in memory as its insert commits, and reads the queue only for what
-//! it was not handed: what a previous run left, and what came while it was behind. Processed
-//! messages leave the queue many at a time, up to the oldest one a lane still has.
+//! A webhook being accepted is applied on its lane before it is answered, its writes committed
+//! as one ([`Transaction`]): the queue never holds it. One that is not (see [`LocalQueue`]) is
+//! queued, and a reader takes the queue in order and hands each message to its lane. The
+//! reader is handed each message in memory as its insert commits, and reads the queue only for
+//! what it was not handed: what a previous run left, and what came while it was behind.
+//! Processed messages leave the queue many at a time, up to the oldest one a lane still has.
+//!
+//! [`LocalQueue`]: super::LocalQueue
 
 use crate::adapters::clock::SystemClock;
 use crate::adapters::contact_http::HttpContactLookup;
-use crate::adapters::sqlite::{QueuedMessage, SqliteStore};
+use crate::adapters::sqlite::{QueuedMessage, SqliteStore, Transaction};
 use crate::domain::event::EventKind;
 use crate::domain::record::CallKey;
 use crate::engine::apply::{Applied, apply};
@@ -19,19 +23,21 @@ use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// Calls applied in parallel. Applying is store work only, so a few dozen keep the writer's
 /// batches full without many calls waiting behind each other.
 const LANES: usize = 32;
-/// Webhooks waiting in one lane before the reader waits for room.
+/// Webhooks waiting in one lane before the ingest and the reader wait for room.
 const LANE_CAPACITY: usize = 64;
 /// Queued webhooks read at once.
 const READ_BATCH: usize = 256;
 /// Webhooks handed over in memory and not taken yet; past this the reader is behind, and
 /// reads them from the queue once it catches up.
 pub(super) const HAND_OVER_CAPACITY: usize = 4_096;
+/// How long the ingest waits for a webhook to be applied before it queues it instead.
+const ACCEPT_PATIENCE: Duration = Duration::from_millis(500);
 /// Pauses between tries of a webhook the store could not take.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -70,19 +76,71 @@ impl Progress {
     }
 }
 
+/// What a lane takes.
+pub(super) enum Work {
+    /// A message of the queue.
+    Queued(QueuedMessage),
+    /// A webhook being accepted, and where to say whether it was applied (if not, it is to be
+    /// queued).
+    Accepted {
+        webhook: QueuedWebhook,
+        applied: oneshot::Sender<bool>,
+    },
+}
+
+/// The lanes' entrances.
+#[derive(Clone)]
+pub(super) struct Lanes(Arc<[mpsc::Sender<Work>]>);
+
+impl Lanes {
+    pub fn new() -> (Self, Vec<mpsc::Receiver<Work>>) {
+        let (senders, receivers) = (0..LANES).map(|_| mpsc::channel(LANE_CAPACITY)).unzip();
+        (Self(Vec::into(senders)), receivers)
+    }
+
+    /// The lane of a call (unreadable messages, of no known call, all go to the first).
+    fn of(&self, call: Option<&CallKey>) -> &mpsc::Sender<Work> {
+        let lane = call.map_or(0, |call| {
+            let mut hasher = DefaultHasher::new();
+            call.hash(&mut hasher);
+            (hasher.finish() % LANES as u64) as usize
+        });
+        &self.0[lane]
+    }
+
+    /// Whether the webhook was applied on its call's lane; if not, it is to be queued. A lane
+    /// held up (its queue long, or a contact lookup of a queued webhook waiting on the CRM)
+    /// is not waited for longer than [`ACCEPT_PATIENCE`].
+    pub async fn apply_accepted(&self, webhook: QueuedWebhook) -> bool {
+        let (applied, outcome) = oneshot::channel();
+        let lane = self.of(Some(&webhook.call()));
+        let applied = async move {
+            lane.send(Work::Accepted { webhook, applied }).await.ok()?;
+            outcome.await.ok()
+        };
+        // Given up on, it is left out by the lane (or, if the lane had begun, applied twice,
+        // which changes nothing).
+        matches!(
+            tokio::time::timeout(ACCEPT_PATIENCE, applied).await,
+            Ok(Some(true))
+        )
+    }
+}
+
 impl Worker {
     /// Takes the webhooks in queue order, from the hand-over or the queue, and hands each to
     /// its call's lane.
-    pub async fn run(self: Arc<Self>, mut handed_over: mpsc::Receiver<QueuedMessage>) {
-        let mut lanes = JoinSet::new();
-        let senders: Vec<_> = (0..LANES)
-            .map(|_| {
-                let (sender, messages) = mpsc::channel(LANE_CAPACITY);
-                lanes.spawn(Arc::clone(&self).run_lane(messages));
-                sender
-            })
-            .collect();
-        lanes.spawn(Arc::clone(&self).remove_done());
+    pub async fn run(
+        self: Arc<Self>,
+        lanes: Lanes,
+        lane_work: Vec<mpsc::Receiver<Work>>,
+        mut handed_over: mpsc::Receiver<QueuedMessage>,
+    ) {
+        let mut tasks = JoinSet::new();
+        for work in lane_work {
+            tasks.spawn(Arc::clone(&self).run_lane(work));
+        }
+        tasks.spawn(Arc::clone(&self).remove_done());
         // The last message handed to a lane. The queue keeps every message until it is
         // processed, so a start reads it from the first one left.
         let mut after = 0;
@@ -94,7 +152,7 @@ impl Worker {
                         read_queue = batch.len() == READ_BATCH;
                         for message in batch {
                             after = message.seq;
-                            self.hand(&senders, message).await;
+                            self.hand(&lanes, message).await;
                         }
                     }
                     Err(e) => {
@@ -110,7 +168,7 @@ impl Worker {
                     // message in between was not handed over, and the queue has both.
                     if message.seq == after + 1 {
                         after = message.seq;
-                        self.hand(&senders, message).await;
+                        self.hand(&lanes, message).await;
                     } else if message.seq > after {
                         read_queue = true;
                     }
@@ -121,13 +179,22 @@ impl Worker {
         }
     }
 
-    async fn hand(&self, lanes: &[mpsc::Sender<QueuedMessage>], message: QueuedMessage) {
+    async fn hand(&self, lanes: &Lanes, message: QueuedMessage) {
         {
             let mut progress = self.progress.lock().expect("progress lock");
             progress.handed = message.seq;
             progress.in_lanes.insert(message.seq);
         }
-        if lanes[lane(&message)].send(message).await.is_err() {
+        let call = match &message.webhook {
+            Ok(webhook) => Some(webhook.call()),
+            Err((_, call)) => call.clone(),
+        };
+        if lanes
+            .of(call.as_ref())
+            .send(Work::Queued(message))
+            .await
+            .is_err()
+        {
             tracing::error!("a worker lane stopped; its webhooks wait for a restart");
         }
     }
@@ -167,12 +234,46 @@ impl Worker {
         self.done.notify_one();
     }
 
-    async fn run_lane(self: Arc<Self>, mut messages: mpsc::Receiver<QueuedMessage>) {
-        while let Some(message) = messages.recv().await {
-            let seq = message.seq;
-            let keep = self.process(message).await == Processed::Kept;
-            self.done_with(seq, keep);
+    async fn run_lane(self: Arc<Self>, mut work: mpsc::Receiver<Work>) {
+        while let Some(work) = work.recv().await {
+            match work {
+                Work::Queued(message) => {
+                    let seq = message.seq;
+                    let keep = self.process(message).await == Processed::Kept;
+                    self.done_with(seq, keep);
+                }
+                Work::Accepted { applied, .. } if applied.is_closed() => {}
+                Work::Accepted { webhook, applied } => {
+                    let done = self.apply_accepted(&webhook).await.unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "a webhook could not be applied as it was accepted: it is queued");
+                        false
+                    });
+                    // The ingest queues it if it hears nothing.
+                    let _ = applied.send(done);
+                }
+            }
         }
+    }
+
+    /// Applies a webhook being accepted, its writes as one; `false` when it is to be queued
+    /// instead: its connection looks contacts up (the provider is not kept waiting on the
+    /// CRM's answer) or is not configured.
+    async fn apply_accepted(&self, webhook: &QueuedWebhook) -> anyhow::Result<bool> {
+        let Some(connection) = self.connections.connection(&webhook.connection_id).await? else {
+            return Ok(false);
+        };
+        if connection.contacts.lookup_url.is_some() {
+            return Ok(false);
+        }
+        let transaction = Transaction::new(&self.store);
+        let applied = apply(&transaction, &connection, &self.contacts, webhook).await?;
+        transaction.commit().await?;
+        self.telemetry.applied(webhook, &applied);
+        for call in applied.to_deliver {
+            // Fails only when the runtime is stopping; the store keeps the outbox.
+            let _ = self.to_deliver.send(call);
+        }
+        Ok(true)
     }
 
     /// Applies one webhook. While the store fails it tries again: the call's later events
@@ -271,13 +372,4 @@ enum Processed {
     Done,
     /// It stays in the queue until the next start.
     Kept,
-}
-
-/// The lane of a message's call (unreadable messages all go to the first).
-fn lane(message: &QueuedMessage) -> usize {
-    message.webhook.as_ref().map_or(0, |webhook| {
-        let mut hasher = DefaultHasher::new();
-        webhook.call().hash(&mut hasher);
-        (hasher.finish() % LANES as u64) as usize
-    })
 }

@@ -1,7 +1,8 @@
 //! The local runtime: the pipeline AWS runs, on one machine, over the SQLite store.
 //!
-//! Ingest (the HTTP server) queues webhooks in the store, which hands each to the worker in
-//! memory once it is committed. A worker task takes them in queue order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
+//! Ingest (the HTTP server) hands each webhook to [`LocalRuntime::queue`], which applies it
+//! as it is accepted, or queues it in the store (see `apply_lanes`). A worker task takes what
+//! is queued in queue order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
 //! delivers each call's outbox to the CRM with [`crate::engine::deliver::Deliverer`], waiting
 //! on the retry schedule and the CRM destinations' breakers, and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
@@ -24,11 +25,13 @@ use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
 use crate::domain::contact;
+use crate::domain::event::EventKind;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::rate_limit::RateLimit;
 use crate::engine::schedule::RetrySchedule;
-use crate::ports::{ConnectionDirectory, Crm};
+use crate::ports::{ConnectionDirectory, Crm, Queue, QueuedWebhook};
 use crate::telemetry::Telemetry;
+use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -73,6 +76,32 @@ pub fn crm(config: &CrmConfig) -> anyhow::Result<Arc<dyn Crm>> {
 pub struct LocalRuntime {
     worker: JoinHandle<()>,
     delivery: JoinHandle<()>,
+    queue: Arc<LocalQueue>,
+}
+
+/// Where the local ingest puts a webhook: applied on its call's lane before it is answered, so
+/// it is written once, or, when it is not, queued in the store as before. Not applied at once:
+/// an erasure (several writes and forgetting, which the queue retries whole), a webhook of a
+/// connection that looks contacts up (a CRM request the provider would wait for), and one
+/// the store could not take just then.
+pub struct LocalQueue {
+    store: Arc<SqliteStore>,
+    lanes: apply_lanes::Lanes,
+}
+
+#[async_trait]
+impl Queue for LocalQueue {
+    async fn enqueue(&self, webhook: &QueuedWebhook) -> anyhow::Result<()> {
+        // Both hosts take the same webhooks: those whose queued message would be too large
+        // are refused even when they are never queued.
+        webhook.check_message_size()?;
+        if webhook.event.kind != EventKind::Erased
+            && self.lanes.apply_accepted(webhook.clone()).await
+        {
+            return Ok(());
+        }
+        self.store.enqueue(webhook).await
+    }
 }
 
 impl LocalRuntime {
@@ -88,6 +117,11 @@ impl LocalRuntime {
         tokio::task::spawn_blocking(contact::load_numbering_plans);
         let (to_deliver, woken) = mpsc::unbounded_channel();
         let handed_over = store.hand_over(apply_lanes::HAND_OVER_CAPACITY);
+        let (lanes, lane_work) = apply_lanes::Lanes::new();
+        let queue = Arc::new(LocalQueue {
+            store: Arc::clone(&store),
+            lanes: lanes.clone(),
+        });
         let worker = apply_lanes::Worker {
             store: Arc::clone(&store),
             connections: Arc::clone(&connections),
@@ -101,9 +135,15 @@ impl LocalRuntime {
         let deliverer =
             delivery_tasks::DeliveryTasks::new(store, connections, crm, settings, telemetry);
         Self {
-            worker: tokio::spawn(Arc::new(worker).run(handed_over)),
+            worker: tokio::spawn(Arc::new(worker).run(lanes, lane_work, handed_over)),
             delivery: tokio::spawn(Arc::new(deliverer).run(woken)),
+            queue,
         }
+    }
+
+    /// Where the ingest puts the webhooks it accepts.
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        Arc::clone(&self.queue) as _
     }
 
     /// Stops both tasks wherever they are: what they were doing is done again on the next

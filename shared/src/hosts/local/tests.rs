@@ -13,7 +13,7 @@ use crate::engine::apply::apply;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::rate_limit::RateLimit;
 use crate::engine::schedule::RetrySchedule;
-use crate::ports::{CallStore, Crm, DeliveryOutcome, Queue, QueuedWebhook};
+use crate::ports::{CallFilter, CallStore, Crm, DeliveryOutcome, Queue, QueuedWebhook};
 use crate::telemetry::{
     DELIVERIES, DELIVERIES_PARKED, DELIVERY_LATENCY, EVENTS_APPLIED, EVENTS_DEDUPLICATED,
     InMemoryMetrics, RETRIES, Telemetry,
@@ -232,6 +232,34 @@ impl Bridge {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn an_accepted_webhook_is_in_the_file_before_it_is_answered_and_never_queued() {
+    let bridge = Bridge::new(ScriptedCrm::default()).await;
+    let runtime = bridge.start(retry_soon(), HOUR);
+    let queue = runtime.queue();
+    // Another process's view of the file.
+    let file = SqliteStore::open(&bridge._dir.path().join("callbridge.db"))
+        .await
+        .unwrap();
+
+    for webhook in whole_call("c1") {
+        queue.enqueue(&webhook).await.unwrap();
+        let stored = file.stored_calls(CallFilter::All, 10).await.unwrap();
+        let record = stored[0].as_ref().unwrap();
+        assert!(record.events.iter().any(|e| e.id == webhook.event.id));
+        assert!(file.next_queued(0, 10).await.unwrap().is_empty());
+    }
+    bridge.delivered("c1", 1..=3).await;
+
+    // Not applied at once: queued, where the worker finds it.
+    let orphan = webhook_of("gone", "c0", 0, EventKind::Ringing);
+    queue.enqueue(&orphan).await.unwrap();
+    let queued = file.next_queued(0, 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].webhook.as_ref().unwrap(), &orphan);
+    runtime.stop().await;
+}
 
 #[tokio::test]
 async fn processed_webhooks_leave_the_queue_but_one_whose_connection_is_gone_stays() {
