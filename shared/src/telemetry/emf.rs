@@ -4,13 +4,16 @@
 //! (a container may be frozen after any answer): one line per set of dimensions counted in it,
 //! so a batch's webhooks share their lines, in the shape the template's alarms and dashboard
 //! read: the namespace, the metric's name and unit, its dimensions. CloudWatch bills these
-//! lines as log bytes like any other. Between two flushes the exporter keeps at most 100
+//! lines as log bytes like any other, so the exporter's lines are joined into as few documents
+//! as their dimensions allow ([`joined`]): a worker's batch that applied an event and
+//! delivered its revision writes one line, not three. Between two flushes the exporter keeps at most 100
 //! values of a histogram (`DeliveryLatency`: one per revision the CRM took), far above what a
 //! batch of 10 messages delivers.
 
 use super::metrics::{Metrics, NAMESPACE, describe};
 use metrics::Recorder;
 use metrics_cloudwatch_embedded::{Builder, Collector};
+use serde_json::{Map, Value};
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -66,12 +69,75 @@ impl EmfStdout {
     }
 
     /// Writes what was counted since the last time into `writer`.
-    pub fn flush_into(&self, writer: impl std::io::Write) -> std::io::Result<()> {
-        match self.collector {
-            Some(collector) => collector.flush(writer),
-            None => Ok(()),
+    pub fn flush_into(&self, mut writer: impl std::io::Write) -> std::io::Result<()> {
+        let Some(collector) = self.collector else {
+            return Ok(());
+        };
+        let mut lines = Vec::new();
+        collector.flush(&mut lines)?;
+        for document in joined(&String::from_utf8_lossy(&lines)) {
+            writeln!(writer, "{document}")?;
+        }
+        Ok(())
+    }
+}
+
+/// EMF documents joined where they can share a line: one document holds several metric
+/// directives (`_aws.CloudWatchMetrics`), each naming its own dimensions, but one value per
+/// member, so documents whose members disagree (`Outcome` `delivered` and `retry`, two
+/// providers) stay apart. Each line starts with `_aws`, as the exporter writes it; a line
+/// that is not a JSON object passes as it is.
+fn joined(lines: &str) -> Vec<String> {
+    let mut documents: Vec<Map<String, Value>> = Vec::new();
+    let mut others = Vec::new();
+    for line in lines.lines().filter(|line| !line.is_empty()) {
+        let Ok(Value::Object(mut document)) = serde_json::from_str::<Value>(line) else {
+            others.push(line.to_owned());
+            continue;
+        };
+        let directives = match document
+            .get_mut("_aws")
+            .map(|aws| aws["CloudWatchMetrics"].take())
+        {
+            Some(Value::Array(directives)) => directives,
+            _ => {
+                others.push(line.to_owned());
+                continue;
+            }
+        };
+        let agrees = |kept: &Map<String, Value>| {
+            document
+                .iter()
+                .all(|(name, value)| name == "_aws" || kept.get(name).is_none_or(|v| v == value))
+        };
+        match documents.iter_mut().find(|kept| agrees(kept)) {
+            Some(kept) => {
+                if let Some(Value::Array(kept_directives)) = kept
+                    .get_mut("_aws")
+                    .map(|aws| &mut aws["CloudWatchMetrics"])
+                {
+                    kept_directives.extend(directives);
+                }
+                document.remove("_aws");
+                kept.extend(document);
+            }
+            None => {
+                document["_aws"]["CloudWatchMetrics"] = Value::Array(directives);
+                documents.push(document);
+            }
         }
     }
+    documents
+        .into_iter()
+        .map(|mut document| {
+            let aws = document.remove("_aws").unwrap_or_default();
+            let rest = Value::Object(document).to_string();
+            let rest = rest.trim_start_matches('{').trim_end_matches('}');
+            let comma = if rest.is_empty() { "" } else { "," };
+            format!("{{\"_aws\":{aws}{comma}{rest}}}")
+        })
+        .chain(others)
+        .collect()
 }
 
 impl Metrics for EmfStdout {
@@ -90,7 +156,61 @@ impl Metrics for EmfStdout {
 mod tests {
     use super::*;
     use crate::telemetry::WEBHOOKS_ACCEPTED;
-    use serde_json::{Value, json};
+    use serde_json::json;
+
+    fn document(dimensions: &[(&str, &str)], metric: &str, value: Value) -> String {
+        let mut document = json!({
+            "_aws": {
+                "Timestamp": 1,
+                "CloudWatchMetrics": [{
+                    "Namespace": "callbridge",
+                    "Dimensions": [dimensions.iter().map(|(name, _)| *name).collect::<Vec<_>>()],
+                    "Metrics": [{"Name": metric, "Unit": "Count"}],
+                }],
+            },
+        });
+        for (name, dimension) in dimensions {
+            document[*name] = json!(dimension);
+        }
+        document[metric] = value;
+        document.to_string()
+    }
+
+    #[test]
+    fn documents_that_agree_share_a_line_and_those_that_disagree_do_not() {
+        let lines = [
+            document(&[("Provider", "voys")], "EventsApplied", json!(2)),
+            document(&[("Outcome", "delivered")], "Deliveries", json!(2)),
+            document(&[], "DeliveryLatency", json!([12.5, 30.0])),
+            document(&[("Outcome", "retry")], "Deliveries", json!(1)),
+        ]
+        .join("\n");
+        let joined = joined(&lines);
+        assert_eq!(joined.len(), 2, "{joined:#?}");
+        assert!(joined.iter().all(|line| line.starts_with("{\"_aws\":")));
+        let first: Value = serde_json::from_str(&joined[0]).unwrap();
+        let directives = first["_aws"]["CloudWatchMetrics"].as_array().unwrap();
+        let names: Vec<&Value> = directives
+            .iter()
+            .map(|d| &d["Metrics"][0]["Name"])
+            .collect();
+        assert_eq!(names, ["EventsApplied", "Deliveries", "DeliveryLatency"]);
+        assert_eq!(directives[2]["Dimensions"], json!([[]]));
+        assert_eq!(
+            (&first["Provider"], &first["Outcome"], &first["Deliveries"]),
+            (&json!("voys"), &json!("delivered"), &json!(2))
+        );
+        assert_eq!(first["DeliveryLatency"], json!([12.5, 30.0]));
+        let second: Value = serde_json::from_str(&joined[1]).unwrap();
+        assert_eq!(second["Outcome"], "retry");
+        assert_eq!(
+            second["_aws"]["CloudWatchMetrics"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn a_line_names_its_namespace_metric_unit_and_dimensions() {
