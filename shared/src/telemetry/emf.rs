@@ -1,14 +1,14 @@
 //! Metrics as CloudWatch Embedded Metric Format lines on standard output, which Lambda sends to
 //! CloudWatch Logs, where they become metrics without a `PutMetricData` call. The lines are
 //! written by `metrics_cloudwatch_embedded` at the end of each invocation, before its answer
-//! (a container may be frozen after any answer): one line per set of dimensions counted in it,
-//! so a batch's webhooks share their lines, in the shape the template's alarms and dashboard
-//! read: the namespace, the metric's name and unit, its dimensions. CloudWatch bills these
-//! lines as log bytes like any other, so the exporter's lines are joined into as few documents
-//! as their dimensions allow ([`joined`]): a worker's batch that applied an event and
-//! delivered its revision writes one line, not three. Between two flushes the exporter keeps at most 100
-//! values of a histogram (`DeliveryLatency`: one per revision the CRM took), far above what a
-//! batch of 10 messages delivers.
+//! (a container may be frozen after any answer), so a batch's webhooks share them, in the shape
+//! the template's alarms and dashboard read: the namespace, the metric's name and unit, its
+//! dimensions. The exporter writes a document per set of dimensions counted; CloudWatch bills
+//! them as log bytes like any other, so they are joined into as few lines as their dimensions
+//! allow ([`joined`]): a worker's batch that applied an event and delivered its revision
+//! writes one line, not three. Between two flushes the exporter keeps at most 100 values of a
+//! histogram (`DeliveryLatency`: one per revision the CRM took), far above what a batch of 10
+//! messages delivers.
 
 use super::metrics::{Metrics, NAMESPACE, describe};
 use metrics::Recorder;
