@@ -13,7 +13,7 @@ emulator cannot tell (how long an invocation runs on AWS, how many messages a ba
 an assumption, printed with the result; change it with the options.
 
     ... | benches/cost.py [--ingest-ms 12] [--worker-ms 25] [--crm-ms 100] [--batch 1]
-                          [--log-bytes 936] [--front-door http-api|function-url]
+                          [--log-bytes 821] [--front-door http-api|function-url]
 
 The table prices the front door of --front-door (template.yaml's FrontDoor: HttpApi or
 FunctionUrl); the last line gives the total with either.
@@ -84,7 +84,7 @@ def main():
     parser.add_argument(
         "--log-bytes",
         type=float,
-        default=936,
+        default=821,
         help="the functions' own log and metric bytes per webhook, a batch each (tests/aws_logs.rs); "
         "Lambda's and the HTTP API's lines are added",
     )

@@ -601,6 +601,13 @@ async fn reads_and_writes_per_event_are_counted() {
         "{}: a write per event, one more per revision: {quiet_used:?}",
         quiet.name
     );
+    // Records are stored deflated: with a Morph event waiting in the outbox an item is still
+    // under 1 KiB, a write unit each (2–3 as JSON text).
+    assert_eq!(
+        quiet_used.call_write_units, quiet_used.call_writes,
+        "{}: a write over 1 KiB: {quiet_used:?}",
+        quiet.name
+    );
     quiet.assert_in_order(&recorder.events());
 
     let total = per_event
@@ -623,6 +630,7 @@ fn add(a: UsageCounts, b: UsageCounts) -> UsageCounts {
         call_read_units: a.call_read_units + b.call_read_units,
         call_writes: a.call_writes + b.call_writes,
         call_write_units: a.call_write_units + b.call_write_units,
+        call_write_bytes: a.call_write_bytes + b.call_write_bytes,
         conflicts: a.conflicts + b.conflicts,
         breaker_reads: a.breaker_reads + b.breaker_reads,
         breaker_writes: a.breaker_writes + b.breaker_writes,

@@ -9,6 +9,7 @@ use crate::telemetry::{
     EVENTS_APPLIED, EVENTS_DEDUPLICATED, Telemetry, WEBHOOKS_ACCEPTED, WEBHOOKS_REJECTED,
     mask_numbers_in, millis,
 };
+use serde_json::json;
 use std::time::Duration;
 use tracing::Level;
 
@@ -32,16 +33,34 @@ impl Telemetry {
         let latency_ms = millis(latency);
         match answer {
             Ok(accepted) => {
-                tracing::info!(
-                    connection,
-                    provider,
-                    call_key = accepted.call_key,
-                    resource_id = accepted.resource_id,
-                    outcome = "accepted",
-                    latency_ms,
-                    "webhook accepted"
-                );
                 self.count(WEBHOOKS_ACCEPTED, &[("Provider", provider)]);
+                // On Lambda the line goes in the metric line of the count: one line a webhook.
+                let carried = self.carry_info(&mut || {
+                    [
+                        ("level", json!("INFO")),
+                        ("message", json!("webhook accepted")),
+                        ("connection", json!(connection)),
+                        ("provider", json!(provider)),
+                        ("call_key", json!(accepted.call_key)),
+                        ("resource_id", json!(accepted.resource_id)),
+                        ("outcome", json!("accepted")),
+                        ("latency_ms", json!(latency_ms)),
+                    ]
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect()
+                });
+                if !carried {
+                    tracing::info!(
+                        connection,
+                        provider,
+                        call_key = accepted.call_key,
+                        resource_id = accepted.resource_id,
+                        outcome = "accepted",
+                        latency_ms,
+                        "webhook accepted"
+                    );
+                }
             }
             Err(rejection) => {
                 // The message may quote the payload, numbers included. (`message` is the log

@@ -53,6 +53,15 @@ impl Telemetry {
         }
     }
 
+    /// Whether the sink takes the log line `line` makes to write it with the invocation's
+    /// counts ([`Metrics::carry`]); only when its level is on, as for any line.
+    pub(crate) fn carry_info(
+        &self,
+        line: &mut dyn FnMut() -> serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        tracing::enabled!(Level::INFO) && self.metrics.carry(line)
+    }
+
     /// Writes what was counted since the last flush, for a sink that writes lines (EMF on
     /// Lambda): once per invocation, at its end, so that a batch's counts share a line per
     /// dimension set rather than taking a line each.

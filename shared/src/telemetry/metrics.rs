@@ -5,6 +5,7 @@
 
 use metrics::{Recorder, Unit, describe_counter, describe_histogram, with_local_recorder};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -36,6 +37,13 @@ pub trait Metrics: Send + Sync {
     /// Called at the end of each invocation ([`super::Telemetry::flush`]), so that a sink
     /// writing lines writes what the invocation counted before the container may be frozen.
     fn flush(&self) {}
+
+    /// Takes a log line (its members, made by `line`) to write it with the invocation's
+    /// counts, when this sink writes lines (EMF on Lambda): a line and a count in one, billed
+    /// once. `false`: the caller logs it.
+    fn carry(&self, _line: &mut dyn FnMut() -> Map<String, Value>) -> bool {
+        false
+    }
 }
 
 /// Tells `recorder` each metric's unit and meaning (CloudWatch's `Unit`, Prometheus' `HELP`).

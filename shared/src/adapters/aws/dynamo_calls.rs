@@ -3,17 +3,22 @@
 //! | attribute | type | what |
 //! |---|---|---|
 //! | `call` (key) | S | [`CallKey::to_path`]: `connection/provider/call` |
-//! | `record` | S | the [`CallRecord`] as JSON, outbox included |
+//! | `record` | B | the [`CallRecord`] as JSON, outbox included, deflated (raw DEFLATE, RFC 1951) |
 //! | `version` | N | bumped by every write; a write succeeds only over the version it read |
 //! | `pending` | N | deliveries in the outbox, for operators looking for stuck calls |
 //! | `resource_id` | S | the call's resource id, for operators looking for a call the CRM names |
 //! | `expires_at` | N | epoch seconds; the table's TTL attribute, pushed back by every write |
 //!
 //! The revision the CRM has is implicit: everything before the outbox.
+//!
+//! DynamoDB bills a write per started KiB of the item, and a call's JSON is 0.8–2.2 KiB, the
+//! more while a Morph event waits in the outbox (its body repeats the record's `resource`).
+//! Deflated, the repeats cost a few bytes each and a typical item stays under 1 KiB: every
+//! write is one unit. Items written before as JSON text (`record` of type S) still read.
 
 use super::usage::Usage;
 use crate::domain::event::Provider;
-use crate::domain::record::{CallKey, CallRecord, RecordError};
+use crate::domain::record::{CallKey, CallRecord, MAX_RECORD_BYTES, RecordError};
 use crate::ports::{CallFilter, CallStore, StoreError, Version};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -129,20 +134,8 @@ impl CallStore for DynamoCalls {
         record: &CallRecord,
         read: Option<Version>,
     ) -> Result<Version, StoreError> {
-        let path = record.key.to_path();
         let version = read.map_or(1, |v| v + 1);
-        let json = record.to_stored_json().map_err(anyhow::Error::from)?;
-        let item = HashMap::from([
-            (KEY.to_string(), AttributeValue::S(path.clone())),
-            (RECORD.to_string(), AttributeValue::S(json)),
-            (VERSION.to_string(), number(version)),
-            (PENDING.to_string(), number(record.outbox.len() as u64)),
-            (
-                RESOURCE_ID.to_string(),
-                AttributeValue::S(record.resource_id.clone()),
-            ),
-            (EXPIRES_AT.to_string(), number(self.expires_at())),
-        ]);
+        let item = item_of(record, version, self.expires_at()).map_err(anyhow::Error::from)?;
         self.usage.call_write(item_bytes(&item));
         match put_versioned(&self.client, &self.table, item, read).await {
             Ok(true) => Ok(version),
@@ -153,6 +146,26 @@ impl CallStore for DynamoCalls {
             Err(e) => Err(StoreError::Other(e)),
         }
     }
+}
+
+/// The item of `record` at `version`; an error when it is over [`MAX_RECORD_BYTES`].
+fn item_of(
+    record: &CallRecord,
+    version: Version,
+    expires_at: u64,
+) -> Result<HashMap<String, AttributeValue>, RecordError> {
+    let json = record.to_stored_json()?;
+    Ok(HashMap::from([
+        (KEY.to_string(), AttributeValue::S(record.key.to_path())),
+        (RECORD.to_string(), AttributeValue::B(deflated(&json))),
+        (VERSION.to_string(), number(version)),
+        (PENDING.to_string(), number(record.outbox.len() as u64)),
+        (
+            RESOURCE_ID.to_string(),
+            AttributeValue::S(record.resource_id.clone()),
+        ),
+        (EXPIRES_AT.to_string(), number(expires_at)),
+    ]))
 }
 
 /// The item `key` of `table` (calls and breakers alike), read consistently: a write only
@@ -223,20 +236,56 @@ impl DynamoCalls {
         &self,
         item: &HashMap<String, AttributeValue>,
     ) -> anyhow::Result<Result<(CallRecord, Version), RecordError>> {
-        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
-        let path =
-            text(KEY).ok_or_else(|| anyhow::anyhow!("an item of {} has no `{KEY}`", self.table))?;
-        let key = key_of_path(path)
-            .ok_or_else(|| anyhow::anyhow!("`{path}` of {} is not a call's key", self.table))?;
-        let record = text(RECORD)
-            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no `{RECORD}`"))?;
-        let version = item
-            .get(VERSION)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no numeric `{VERSION}`"))?;
-        Ok(CallRecord::from_stored_json(record, &key, version).map(|record| (record, version)))
+        record_of(&self.table, item)
     }
+}
+
+/// [`DynamoCalls::record_of`] for an item of `table`.
+fn record_of(
+    table: &str,
+    item: &HashMap<String, AttributeValue>,
+) -> anyhow::Result<Result<(CallRecord, Version), RecordError>> {
+    let path = item
+        .get(KEY)
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| anyhow::anyhow!("an item of {table} has no `{KEY}`"))?;
+    let key = key_of_path(path)
+        .ok_or_else(|| anyhow::anyhow!("`{path}` of {table} is not a call's key"))?;
+    let version = item
+        .get(VERSION)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("call {path}: the item has no numeric `{VERSION}`"))?;
+    let unreadable = |reason: String| RecordError::Unreadable {
+        call: key.clone(),
+        version,
+        reason,
+    };
+    let json = match item.get(RECORD) {
+        Some(AttributeValue::B(deflated)) => match inflated(deflated.as_ref()) {
+            Ok(json) => json,
+            Err(reason) => return Ok(Err(unreadable(reason))),
+        },
+        Some(AttributeValue::S(json)) => json.clone(),
+        _ => anyhow::bail!("call {path}: the item has no `{RECORD}`"),
+    };
+    Ok(CallRecord::from_stored_json(&json, &key, version).map(|record| (record, version)))
+}
+
+/// The best of DEFLATE's levels: a record is a few KiB, deflated in tens of microseconds,
+/// and every byte saved may be a write unit.
+const DEFLATE_LEVEL: u8 = 9;
+
+fn deflated(json: &str) -> aws_sdk_dynamodb::primitives::Blob {
+    miniz_oxide::deflate::compress_to_vec(json.as_bytes(), DEFLATE_LEVEL).into()
+}
+
+/// The JSON of a deflated record. No larger than a record may be written
+/// ([`MAX_RECORD_BYTES`]), so a damaged item cannot inflate without bound.
+fn inflated(deflated: &[u8]) -> Result<String, String> {
+    let json = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, MAX_RECORD_BYTES)
+        .map_err(|e| format!("the deflated record does not inflate: {e}"))?;
+    String::from_utf8(json).map_err(|e| format!("the inflated record is not UTF-8: {e}"))
 }
 
 /// The key of [`CallKey::to_path`]: connection ids and providers hold no `/`.
@@ -276,6 +325,48 @@ mod tests {
         let key = CallKey::new("acme", Provider::Voys, "a/b c");
         assert_eq!(key_of_path(&key.to_path()), Some(key));
         assert_eq!(key_of_path("acme/fax/1"), None);
+    }
+
+    fn record() -> CallRecord {
+        let mut record = CallRecord::new(CallKey::new("acme", Provider::Voys, "call-1"));
+        record.revision = 3;
+        record
+    }
+
+    #[test]
+    fn a_record_is_stored_deflated_and_reads_back() {
+        let record = record();
+        let item = item_of(&record, 7, 1_800_000_000).unwrap();
+        let stored = item[RECORD].as_b().expect("a binary record").as_ref();
+        assert!(serde_json::from_slice::<serde_json::Value>(stored).is_err());
+        let (read, version) = record_of("calls", &item).unwrap().unwrap();
+        assert_eq!((read, version), (record, 7));
+    }
+
+    #[test]
+    fn a_record_stored_as_json_text_before_still_reads() {
+        let record = record();
+        let mut item = item_of(&record, 2, 1_800_000_000).unwrap();
+        item.insert(
+            RECORD.into(),
+            AttributeValue::S(record.to_stored_json().unwrap()),
+        );
+        assert_eq!(record_of("calls", &item).unwrap().unwrap(), (record, 2));
+    }
+
+    #[test]
+    fn a_record_that_does_not_inflate_is_unreadable_with_its_version() {
+        let mut item = item_of(&record(), 5, 1_800_000_000).unwrap();
+        item.insert(RECORD.into(), AttributeValue::B(vec![0xff; 16].into()));
+        match record_of("calls", &item).unwrap() {
+            Err(RecordError::Unreadable {
+                version, reason, ..
+            }) => {
+                assert_eq!(version, 5);
+                assert!(reason.contains("inflate"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

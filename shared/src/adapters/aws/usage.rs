@@ -13,6 +13,7 @@ pub struct Usage {
     call_read_units: AtomicU64,
     call_writes: AtomicU64,
     call_write_units: AtomicU64,
+    call_write_bytes: AtomicU64,
     conflicts: AtomicU64,
     breaker_reads: AtomicU64,
     breaker_writes: AtomicU64,
@@ -31,6 +32,8 @@ pub struct UsageCounts {
     pub call_writes: u64,
     /// The write request units they cost.
     pub call_write_units: u64,
+    /// The size of the items they wrote, added up, as DynamoDB bills it.
+    pub call_write_bytes: u64,
     /// Writes refused because another worker had changed the item (a call or a breaker)
     /// since it was read.
     pub conflicts: u64,
@@ -55,6 +58,7 @@ impl UsageCounts {
             call_read_units: self.call_read_units - before.call_read_units,
             call_writes: self.call_writes - before.call_writes,
             call_write_units: self.call_write_units - before.call_write_units,
+            call_write_bytes: self.call_write_bytes - before.call_write_bytes,
             conflicts: self.conflicts - before.conflicts,
             breaker_reads: self.breaker_reads - before.breaker_reads,
             breaker_writes: self.breaker_writes - before.breaker_writes,
@@ -80,6 +84,7 @@ impl Usage {
             call_read_units: get(&self.call_read_units),
             call_writes: get(&self.call_writes),
             call_write_units: get(&self.call_write_units),
+            call_write_bytes: get(&self.call_write_bytes),
             conflicts: get(&self.conflicts),
             breaker_reads: get(&self.breaker_reads),
             breaker_writes: get(&self.breaker_writes),
@@ -98,6 +103,8 @@ impl Usage {
         self.call_writes.fetch_add(1, Ordering::Relaxed);
         self.call_write_units
             .fetch_add(units(item_bytes, WRITE_UNIT_BYTES), Ordering::Relaxed);
+        self.call_write_bytes
+            .fetch_add(item_bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn conflict(&self) {
@@ -136,6 +143,7 @@ mod tests {
         let counts = usage.counts();
         assert_eq!((counts.call_reads, counts.call_read_units), (2, 3));
         assert_eq!((counts.call_writes, counts.call_write_units), (2, 3));
+        assert_eq!(counts.call_write_bytes, 2049);
         assert_eq!((counts.breaker_reads, counts.breaker_writes), (1, 0));
         assert_eq!(counts.since(counts), UsageCounts::default());
     }
