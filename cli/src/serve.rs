@@ -13,6 +13,7 @@ use callbridge_shared::adapters::clock::SystemClock;
 use callbridge_shared::adapters::config_directory::ConfigDirectory;
 use callbridge_shared::adapters::sqlite::SqliteStore;
 use callbridge_shared::config::Config;
+use callbridge_shared::domain::contact;
 use callbridge_shared::engine::activation::WithActivatedUsers;
 use callbridge_shared::engine::ingest::Rejection;
 use callbridge_shared::hosts::local::{self, LocalRuntime, Settings};
@@ -49,6 +50,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let config = Config::load(&args.config)?;
     let store = Arc::new(SqliteStore::open(&config.data_file).await?);
+    // Before the server listens, so that no webhook waits for them.
+    tokio::task::spawn_blocking(contact::load_numbering_plans).await?;
     let connections = Arc::new(ConfigDirectory::new(config.connections()?));
     let listen = args.listen.as_deref().unwrap_or(&config.listen);
     let listener = TcpListener::bind(listen)

@@ -55,8 +55,8 @@ pub fn to_e164(number: &str, default_country: Option<Country>) -> Option<String>
 }
 
 /// Loads `phonenumber`'s numbering plans, which it reads in full on first use (tens of
-/// milliseconds): a server calls it as it starts, so that its first call is not the one that
-/// waits.
+/// milliseconds): a server calls it before it listens, so that its first webhook does not
+/// wait for them.
 pub fn load_numbering_plans() {
     parse("+3228992675", None);
 }

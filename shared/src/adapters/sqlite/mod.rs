@@ -112,6 +112,16 @@ pub struct QueuedMessage {
     pub webhook: Result<QueuedWebhook, (serde_json::Error, Option<CallKey>)>,
 }
 
+impl QueuedMessage {
+    /// The call of the message, when that much reads.
+    pub fn call(&self) -> Option<CallKey> {
+        match &self.webhook {
+            Ok(webhook) => Some(webhook.call()),
+            Err((_, call)) => call.clone(),
+        }
+    }
+}
+
 /// The worker's end of the in-memory hand-over, once it has one.
 #[derive(Clone, Default)]
 struct HandOver(Arc<Mutex<Option<mpsc::Sender<QueuedMessage>>>>);
@@ -515,6 +525,13 @@ impl SqliteStore {
 #[async_trait]
 impl Queue for SqliteStore {
     async fn enqueue(&self, webhook: &QueuedWebhook) -> anyhow::Result<()> {
+        self.queue(webhook).await.map(drop)
+    }
+}
+
+impl SqliteStore {
+    /// Queues the webhook durably; returns its place in the queue.
+    pub async fn queue(&self, webhook: &QueuedWebhook) -> anyhow::Result<i64> {
         let json = webhook.to_message()?;
         let hand_over = self.hand_over.clone();
         let queued = Arc::clone(&self.queued);
@@ -537,8 +554,7 @@ impl Queue for SqliteStore {
                     }
                 },
             )
-            .await?;
-        Ok(())
+            .await
     }
 }
 

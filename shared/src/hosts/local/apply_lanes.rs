@@ -1,12 +1,16 @@
 //! The worker: webhooks applied to their calls' records on lanes chosen by call, so a call's
 //! events are applied one after another while different calls go on in parallel.
 //!
-//! A webhook being accepted is applied on its lane before it is answered, its writes committed
-//! as one ([`Transaction`]): the queue never holds it. One that is not (see [`LocalQueue`]) is
-//! queued, and a reader takes the queue in order and hands each message to its lane. The
-//! reader is handed each message in memory as its insert commits, and reads the queue only for
-//! what it was not handed: what a previous run left, and what came while it was behind.
-//! Processed messages leave the queue many at a time, up to the oldest one a lane still has.
+//! A webhook being accepted goes to its call's lane, which applies it before it is answered,
+//! its writes committed as one ([`Transaction`]): the queue never holds it. What the lane does
+//! not apply at once it queues, in the call's order (see [`LocalQueue`]), and a reader takes
+//! the queue in order and hands each message to its lane. A call with webhooks in the queue has
+//! its next ones queued too, until the lane has applied the last of them, and so has every call
+//! until the lanes have what a previous run left in the queue: a call's events are applied in
+//! the order they came. The reader is handed each message in memory as its insert commits, and
+//! reads the queue only for what it was not handed: what a previous run left, and what came
+//! while it was behind. Processed messages leave the queue many at a time, up to the oldest
+//! one a lane still has.
 //!
 //! [`LocalQueue`]: super::LocalQueue
 
@@ -19,7 +23,7 @@ use crate::engine::apply::{Applied, apply};
 use crate::engine::failure::Failure;
 use crate::ports::{Clock, ConnectionDirectory, QueuedWebhook};
 use crate::telemetry::Telemetry;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,8 +40,6 @@ const READ_BATCH: usize = 256;
 /// Webhooks handed over in memory and not taken yet; past this the reader is behind, and
 /// reads them from the queue once it catches up.
 pub(super) const HAND_OVER_CAPACITY: usize = 4_096;
-/// How long the ingest waits for a webhook to be applied before it queues it instead.
-const ACCEPT_PATIENCE: Duration = Duration::from_millis(500);
 /// Pauses between tries of a webhook the store could not take.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -80,12 +82,22 @@ impl Progress {
 pub(super) enum Work {
     /// A message of the queue.
     Queued(QueuedMessage),
-    /// A webhook being accepted, and where to say whether it was applied (if not, it is to be
-    /// queued).
+    /// A webhook being accepted, and where to say once it is applied or queued.
     Accepted {
         webhook: QueuedWebhook,
-        applied: oneshot::Sender<bool>,
+        accepted: oneshot::Sender<anyhow::Result<()>>,
     },
+    /// The lanes have every message a previous run left in the queue.
+    CaughtUp,
+}
+
+/// What a lane knows of its calls.
+#[derive(Default)]
+struct Lane {
+    /// Whether it has had every message a previous run left.
+    caught_up: bool,
+    /// The calls with webhooks this lane queued, and the last of them.
+    behind: HashMap<CallKey, i64>,
 }
 
 /// The lanes' entrances.
@@ -108,22 +120,29 @@ impl Lanes {
         &self.0[lane]
     }
 
-    /// Whether the webhook was applied on its call's lane; if not, it is to be queued. A lane
-    /// held up (its queue long, or a contact lookup of a queued webhook waiting on the CRM)
-    /// is not waited for longer than [`ACCEPT_PATIENCE`].
-    pub async fn apply_accepted(&self, webhook: QueuedWebhook) -> bool {
-        let (applied, outcome) = oneshot::channel();
+    /// Applies the webhook on its call's lane, or queues it there; `Ok` once it is one or the
+    /// other.
+    pub async fn accept(&self, webhook: QueuedWebhook) -> anyhow::Result<()> {
+        let (accepted, outcome) = oneshot::channel();
         let lane = self.of(Some(&webhook.call()));
-        let applied = async move {
-            lane.send(Work::Accepted { webhook, applied }).await.ok()?;
-            outcome.await.ok()
-        };
-        // Given up on, it is left out by the lane (or, if the lane had begun, applied twice,
-        // which changes nothing).
-        matches!(
-            tokio::time::timeout(ACCEPT_PATIENCE, applied).await,
-            Ok(Some(true))
-        )
+        lane.send(Work::Accepted { webhook, accepted })
+            .await
+            .map_err(|_| anyhow::anyhow!("the worker is stopping"))?;
+        outcome
+            .await
+            .map_err(|_| anyhow::anyhow!("the worker is stopping"))?
+    }
+
+    /// Whether the lanes are gone: the worker is stopping.
+    pub fn stopped(&self) -> bool {
+        self.0.iter().any(mpsc::Sender::is_closed)
+    }
+
+    /// Tells every lane that it has what a previous run left.
+    async fn caught_up(&self) {
+        for lane in self.0.iter() {
+            let _ = lane.send(Work::CaughtUp).await;
+        }
     }
 }
 
@@ -145,6 +164,7 @@ impl Worker {
         // processed, so a start reads it from the first one left.
         let mut after = 0;
         let mut read_queue = true;
+        let mut caught_up = false;
         loop {
             if read_queue {
                 match self.store.next_queued(after, READ_BATCH).await {
@@ -153,6 +173,10 @@ impl Worker {
                         for message in batch {
                             after = message.seq;
                             self.hand(&lanes, message).await;
+                        }
+                        if !read_queue && !caught_up {
+                            lanes.caught_up().await;
+                            caught_up = true;
                         }
                     }
                     Err(e) => {
@@ -235,30 +259,52 @@ impl Worker {
     }
 
     async fn run_lane(self: Arc<Self>, mut work: mpsc::Receiver<Work>) {
+        let mut lane = Lane::default();
         while let Some(work) = work.recv().await {
             match work {
                 Work::Queued(message) => {
-                    let seq = message.seq;
+                    let (seq, call) = (message.seq, message.call());
                     let keep = self.process(message).await == Processed::Kept;
                     self.done_with(seq, keep);
+                    if let Some(call) = call
+                        && lane.behind.get(&call).is_some_and(|&last| seq >= last)
+                    {
+                        lane.behind.remove(&call);
+                    }
                 }
-                Work::Accepted { applied, .. } if applied.is_closed() => {}
-                Work::Accepted { webhook, applied } => {
-                    let done = self.apply_accepted(&webhook).await.unwrap_or_else(|e| {
-                        tracing::debug!(error = %e, "a webhook could not be applied as it was accepted: it is queued");
-                        false
-                    });
-                    // The ingest queues it if it hears nothing.
-                    let _ = applied.send(done);
+                Work::Accepted { webhook, accepted } => {
+                    let _ = accepted.send(self.accept(&mut lane, webhook).await);
                 }
+                Work::CaughtUp => lane.caught_up = true,
             }
         }
     }
 
+    /// Applies a webhook being accepted, or queues it behind its call's queued webhooks.
+    async fn accept(&self, lane: &mut Lane, webhook: QueuedWebhook) -> anyhow::Result<()> {
+        let call = webhook.call();
+        if lane.caught_up && !lane.behind.contains_key(&call) {
+            match self.apply_accepted(&webhook).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "a webhook could not be applied as it was accepted: it is queued");
+                }
+            }
+        }
+        let seq = self.store.queue(&webhook).await?;
+        lane.behind.insert(call, seq);
+        Ok(())
+    }
+
     /// Applies a webhook being accepted, its writes as one; `false` when it is to be queued
-    /// instead: its connection looks contacts up (the provider is not kept waiting on the
-    /// CRM's answer) or is not configured.
+    /// instead: an erasure (several writes and forgetting, which the queue retries whole), a
+    /// webhook of a connection that looks contacts up (the provider is not kept waiting on
+    /// the CRM's answer) or is not configured.
     async fn apply_accepted(&self, webhook: &QueuedWebhook) -> anyhow::Result<bool> {
+        if webhook.event.kind == EventKind::Erased {
+            return Ok(false);
+        }
         let Some(connection) = self.connections.connection(&webhook.connection_id).await? else {
             return Ok(false);
         };

@@ -24,8 +24,6 @@ use crate::adapters::crm_http::HttpCrm;
 use crate::adapters::sqlite::SqliteStore;
 use crate::adapters::stdout_crm::StdoutCrm;
 use crate::config::CrmConfig;
-use crate::domain::contact;
-use crate::domain::event::EventKind;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::rate_limit::RateLimit;
 use crate::engine::schedule::RetrySchedule;
@@ -79,11 +77,12 @@ pub struct LocalRuntime {
     queue: Arc<LocalQueue>,
 }
 
-/// Where the local ingest puts a webhook: applied on its call's lane before it is answered, so
-/// it is written once, or, when it is not, queued in the store as before. Not applied at once:
-/// an erasure (several writes and forgetting, which the queue retries whole), a webhook of a
-/// connection that looks contacts up (a CRM request the provider would wait for), and one
-/// the store could not take just then.
+/// Where the local ingest puts a webhook: its call's lane applies it before it is answered, so
+/// it is written once, or, when it does not, queues it in the store, from where the worker
+/// applies it as AWS does. Not applied at once: an erasure (several writes and forgetting,
+/// which the queue retries whole), a webhook of a connection that looks contacts up (a CRM
+/// request the provider would wait for), one the store could not take just then, and a call's
+/// next webhooks while it has some in the queue.
 pub struct LocalQueue {
     store: Arc<SqliteStore>,
     lanes: apply_lanes::Lanes,
@@ -95,12 +94,12 @@ impl Queue for LocalQueue {
         // Both hosts take the same webhooks: those whose queued message would be too large
         // are refused even when they are never queued.
         webhook.check_message_size()?;
-        if webhook.event.kind != EventKind::Erased
-            && self.lanes.apply_accepted(webhook.clone()).await
-        {
-            return Ok(());
+        match self.lanes.accept(webhook.clone()).await {
+            Ok(()) => Ok(()),
+            // The worker is stopping: the queue keeps it for the next start.
+            Err(_) if self.lanes.stopped() => self.store.enqueue(webhook).await,
+            Err(e) => Err(e),
         }
-        self.store.enqueue(webhook).await
     }
 }
 
@@ -114,7 +113,6 @@ impl LocalRuntime {
         settings: Settings,
         telemetry: Telemetry,
     ) -> Self {
-        tokio::task::spawn_blocking(contact::load_numbering_plans);
         let (to_deliver, woken) = mpsc::unbounded_channel();
         let handed_over = store.hand_over(apply_lanes::HAND_OVER_CAPACITY);
         let (lanes, lane_work) = apply_lanes::Lanes::new();

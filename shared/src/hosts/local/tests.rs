@@ -6,7 +6,7 @@ use crate::adapters::contact_http::HttpContactLookup;
 use crate::adapters::sqlite::SqliteStore;
 use crate::domain::connection::Connection;
 use crate::domain::event::{CallEvent, EventKind, Provider};
-use crate::domain::record::{CallKey, Delivery};
+use crate::domain::record::{CallKey, CallRecord, Delivery};
 use crate::domain::resource::MorphEventType;
 use crate::domain::time::Timestamp;
 use crate::engine::apply::apply;
@@ -242,10 +242,23 @@ async fn an_accepted_webhook_is_in_the_file_before_it_is_answered_and_never_queu
     let file = SqliteStore::open(&bridge._dir.path().join("callbridge.db"))
         .await
         .unwrap();
+    // Until the lanes have what a previous run left in the queue, webhooks are queued: once
+    // one is delivered, they have.
+    queue
+        .enqueue(&webhook("first", 1, EventKind::Ringing))
+        .await
+        .unwrap();
+    bridge.delivered("first", [1]).await;
+    eventually("the first webhook leaves the queue", async || {
+        file.next_queued(0, 10).await.unwrap().is_empty()
+    })
+    .await;
 
     for webhook in whole_call("c1") {
         queue.enqueue(&webhook).await.unwrap();
-        let stored = file.stored_calls(CallFilter::All, 10).await.unwrap();
+        let c1 = resource("c1");
+        let stored = file.stored_calls(CallFilter::Resource(&c1), 1);
+        let stored = stored.await.unwrap();
         let record = stored[0].as_ref().unwrap();
         assert!(record.events.iter().any(|e| e.id == webhook.event.id));
         assert!(file.next_queued(0, 10).await.unwrap().is_empty());
@@ -258,6 +271,37 @@ async fn an_accepted_webhook_is_in_the_file_before_it_is_answered_and_never_queu
     let queued = file.next_queued(0, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].webhook.as_ref().unwrap(), &orphan);
+    runtime.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_accepted_at_a_start_wait_behind_their_calls_queued_ones() {
+    let bridge = Bridge::new(ScriptedCrm::default()).await;
+    // Left in the queue by a previous run: other calls first, so the reader is still at them
+    // when c1's next webhooks come.
+    for i in 0..200 {
+        bridge
+            .enqueue([webhook(&format!("other{i}"), 0, EventKind::Ringing)])
+            .await;
+    }
+    let [ringing, answered, ended] = whole_call("c1");
+    bridge.enqueue([ringing.clone()]).await;
+    let runtime = bridge.start(retry_soon(), HOUR);
+    let queue = runtime.queue();
+
+    queue.enqueue(&answered).await.unwrap();
+    queue.enqueue(&ended).await.unwrap();
+
+    bridge.delivered("c1", 1..=3).await;
+    // Applied in the order they came: the first revision is the ringing call alone.
+    let mut alone = CallRecord::new(CallKey::new("acme", Provider::Telsmart, "c1"));
+    alone.add_event(&ringing.event);
+    alone.refresh(&connection());
+    let first = bridge.crm.attempts.lock().unwrap().iter().find_map(|a| {
+        (a.delivery.resource_id == resource("c1") && a.delivery.revision == 1)
+            .then(|| a.delivery.body.clone())
+    });
+    assert_eq!(first, Some(alone.outbox[0].body.clone()));
     runtime.stop().await;
 }
 
