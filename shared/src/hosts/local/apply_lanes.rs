@@ -33,8 +33,10 @@ use tokio::task::JoinSet;
 /// Calls applied in parallel. Applying is store work only, so a few dozen keep the writer's
 /// batches full without many calls waiting behind each other.
 const LANES: usize = 32;
-/// Webhooks waiting in one lane before the ingest and the reader wait for room.
+/// Webhooks waiting in one lane before the reader waits for room.
 const LANE_CAPACITY: usize = 64;
+/// Webhooks waiting in a lane past which the ingest queues a webhook rather than wait.
+const MAX_WAITING_AHEAD: usize = 16;
 /// Queued webhooks read at once.
 const READ_BATCH: usize = 256;
 /// Webhooks handed over in memory and not taken yet; past this the reader is behind, and
@@ -91,23 +93,49 @@ pub(super) enum Work {
     CaughtUp,
 }
 
-/// What a lane knows of its calls.
+/// The calls with webhooks in the queue, and the last of them: a call's next webhooks are
+/// queued behind them until its lane has applied that one.
 #[derive(Default)]
-struct Lane {
-    /// Whether it has had every message a previous run left.
-    caught_up: bool,
-    /// The calls with webhooks this lane queued, and the last of them.
-    behind: HashMap<CallKey, i64>,
+pub(super) struct Behind(Mutex<HashMap<CallKey, i64>>);
+
+impl Behind {
+    fn holds(&self, call: &CallKey) -> bool {
+        self.lock().contains_key(call)
+    }
+
+    fn queued(&self, call: CallKey, seq: i64) {
+        let mut behind = self.lock();
+        let last = behind.entry(call).or_insert(seq);
+        *last = (*last).max(seq);
+    }
+
+    fn applied(&self, call: &CallKey, seq: i64) {
+        let mut behind = self.lock();
+        if behind.get(call).is_some_and(|&last| seq >= last) {
+            behind.remove(call);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallKey, i64>> {
+        self.0.lock().expect("behind lock")
+    }
 }
 
 /// The lanes' entrances.
 #[derive(Clone)]
-pub(super) struct Lanes(Arc<[mpsc::Sender<Work>]>);
+pub(super) struct Lanes {
+    entrances: Arc<[mpsc::Sender<Work>]>,
+    behind: Arc<Behind>,
+}
 
 impl Lanes {
     pub fn new() -> (Self, Vec<mpsc::Receiver<Work>>) {
         let (senders, receivers) = (0..LANES).map(|_| mpsc::channel(LANE_CAPACITY)).unzip();
-        (Self(Vec::into(senders)), receivers)
+        let lanes = Self {
+            entrances: Vec::into(senders),
+            behind: Arc::default(),
+        };
+        (lanes, receivers)
     }
 
     /// The lane of a call (unreadable messages, of no known call, all go to the first).
@@ -117,14 +145,21 @@ impl Lanes {
             call.hash(&mut hasher);
             (hasher.finish() % LANES as u64) as usize
         });
-        &self.0[lane]
+        &self.entrances[lane]
     }
 
-    /// Applies the webhook on its call's lane, or queues it there; `Ok` once it is one or the
-    /// other.
-    pub async fn accept(&self, webhook: QueuedWebhook) -> anyhow::Result<()> {
+    /// Applies the webhook on its call's lane, or queues it; `Ok` once it is one or the other.
+    /// A lane with a backlog is not waited for: the provider would wait on every webhook
+    /// before its own. The webhook is queued instead, and its call's next ones behind it.
+    pub async fn accept(&self, store: &SqliteStore, webhook: QueuedWebhook) -> anyhow::Result<()> {
+        let call = webhook.call();
+        let lane = self.of(Some(&call));
+        if lane.capacity() < LANE_CAPACITY - MAX_WAITING_AHEAD {
+            let seq = store.queue(&webhook).await?;
+            self.behind.queued(call, seq);
+            return Ok(());
+        }
         let (accepted, outcome) = oneshot::channel();
-        let lane = self.of(Some(&webhook.call()));
         lane.send(Work::Accepted { webhook, accepted })
             .await
             .map_err(|_| anyhow::anyhow!("the worker is stopping"))?;
@@ -135,12 +170,12 @@ impl Lanes {
 
     /// Whether the lanes are gone: the worker is stopping.
     pub fn stopped(&self) -> bool {
-        self.0.iter().any(mpsc::Sender::is_closed)
+        self.entrances.iter().any(mpsc::Sender::is_closed)
     }
 
     /// Tells every lane that it has what a previous run left.
     async fn caught_up(&self) {
-        for lane in self.0.iter() {
+        for lane in self.entrances.iter() {
             let _ = lane.send(Work::CaughtUp).await;
         }
     }
@@ -157,7 +192,7 @@ impl Worker {
     ) {
         let mut tasks = JoinSet::new();
         for work in lane_work {
-            tasks.spawn(Arc::clone(&self).run_lane(work));
+            tasks.spawn(Arc::clone(&self).run_lane(work, Arc::clone(&lanes.behind)));
         }
         tasks.spawn(Arc::clone(&self).remove_done());
         // The last message handed to a lane. The queue keeps every message until it is
@@ -258,32 +293,37 @@ impl Worker {
         self.done.notify_one();
     }
 
-    async fn run_lane(self: Arc<Self>, mut work: mpsc::Receiver<Work>) {
-        let mut lane = Lane::default();
+    async fn run_lane(self: Arc<Self>, mut work: mpsc::Receiver<Work>, behind: Arc<Behind>) {
+        // Whether the lane has had every message a previous run left.
+        let mut caught_up = false;
         while let Some(work) = work.recv().await {
             match work {
                 Work::Queued(message) => {
                     let (seq, call) = (message.seq, message.call());
                     let keep = self.process(message).await == Processed::Kept;
                     self.done_with(seq, keep);
-                    if let Some(call) = call
-                        && lane.behind.get(&call).is_some_and(|&last| seq >= last)
-                    {
-                        lane.behind.remove(&call);
+                    if let Some(call) = call {
+                        behind.applied(&call, seq);
                     }
                 }
                 Work::Accepted { webhook, accepted } => {
-                    let _ = accepted.send(self.accept(&mut lane, webhook).await);
+                    let outcome = self.accept(caught_up, &behind, webhook).await;
+                    let _ = accepted.send(outcome);
                 }
-                Work::CaughtUp => lane.caught_up = true,
+                Work::CaughtUp => caught_up = true,
             }
         }
     }
 
     /// Applies a webhook being accepted, or queues it behind its call's queued webhooks.
-    async fn accept(&self, lane: &mut Lane, webhook: QueuedWebhook) -> anyhow::Result<()> {
+    async fn accept(
+        &self,
+        caught_up: bool,
+        behind: &Behind,
+        webhook: QueuedWebhook,
+    ) -> anyhow::Result<()> {
         let call = webhook.call();
-        if lane.caught_up && !lane.behind.contains_key(&call) {
+        if caught_up && !behind.holds(&call) {
             match self.apply_accepted(&webhook).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
@@ -293,7 +333,7 @@ impl Worker {
             }
         }
         let seq = self.store.queue(&webhook).await?;
-        lane.behind.insert(call, seq);
+        behind.queued(call, seq);
         Ok(())
     }
 

@@ -81,8 +81,8 @@ pub struct LocalRuntime {
 /// it is written once, or, when it does not, queues it in the store, from where the worker
 /// applies it as AWS does. Not applied at once: an erasure (several writes and forgetting,
 /// which the queue retries whole), a webhook of a connection that looks contacts up (a CRM
-/// request the provider would wait for), one the store could not take just then, and a call's
-/// next webhooks while it has some in the queue.
+/// request the provider would wait for), one the store could not take just then, one whose
+/// lane has a backlog, and a call's next webhooks while it has some in the queue.
 pub struct LocalQueue {
     store: Arc<SqliteStore>,
     lanes: apply_lanes::Lanes,
@@ -94,7 +94,7 @@ impl Queue for LocalQueue {
         // Both hosts take the same webhooks: those whose queued message would be too large
         // are refused even when they are never queued.
         webhook.check_message_size()?;
-        match self.lanes.accept(webhook.clone()).await {
+        match self.lanes.accept(&self.store, webhook.clone()).await {
             Ok(()) => Ok(()),
             // The worker is stopping: the queue keeps it for the next start.
             Err(_) if self.lanes.stopped() => self.store.enqueue(webhook).await,
