@@ -3,7 +3,8 @@
 //!
 //! A webhook being accepted goes to its call's lane, which applies it before it is answered,
 //! its writes committed as one ([`Transaction`]): the queue never holds it. What the lane does
-//! not apply at once it queues, in the call's order (see [`LocalQueue`]), and a reader takes
+//! not apply at once it queues (see [`LocalQueue`]; so does the ingest when the lane has a
+//! backlog, rather than wait), and a reader takes
 //! the queue in order and hands each message to its lane. A call with webhooks in the queue has
 //! its next ones queued too, until the lane has applied the last of them, and so has every call
 //! until the lanes have what a previous run left in the queue: a call's events are applied in
@@ -109,6 +110,9 @@ impl Behind {
         *last = (*last).max(seq);
     }
 
+    /// The lane applied (or set aside) a queued webhook of the call. The ingest may mark a
+    /// call behind only after its webhook was applied: the call's next webhook is then queued
+    /// for nothing, and clears the mark.
     fn applied(&self, call: &CallKey, seq: i64) {
         let mut behind = self.lock();
         if behind.get(call).is_some_and(|&last| seq >= last) {
@@ -244,10 +248,7 @@ impl Worker {
             progress.handed = message.seq;
             progress.in_lanes.insert(message.seq);
         }
-        let call = match &message.webhook {
-            Ok(webhook) => Some(webhook.call()),
-            Err((_, call)) => call.clone(),
-        };
+        let call = message.call();
         if lanes
             .of(call.as_ref())
             .send(Work::Queued(message))
