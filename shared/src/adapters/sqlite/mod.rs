@@ -1102,6 +1102,19 @@ mod tests {
         }
     }
 
+    /// Queues `count` webhooks of one call, all at once.
+    async fn enqueue_at_once(store: &Arc<SqliteStore>, count: i64) {
+        let enqueues: Vec<_> = (0..count)
+            .map(|n| {
+                let store = Arc::clone(store);
+                tokio::spawn(async move { store.enqueue(&webhook("c1", n)).await })
+            })
+            .collect();
+        for enqueue in enqueues {
+            enqueue.await.unwrap().unwrap();
+        }
+    }
+
     async fn queued_events(store: &SqliteStore) -> Vec<String> {
         let messages = store.next_queued(0, 100).await.unwrap();
         messages
@@ -1206,15 +1219,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let mut handed_over = store.hand_over(150);
-        let enqueues: Vec<_> = (0..200)
-            .map(|n| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move { store.enqueue(&webhook("c1", n)).await })
-            })
-            .collect();
-        for enqueue in enqueues {
-            enqueue.await.unwrap().unwrap();
-        }
+        enqueue_at_once(&store, 200).await;
 
         let mut handed = Vec::new();
         while let Ok(message) = handed_over.try_recv() {
@@ -1239,15 +1244,7 @@ mod tests {
     async fn concurrent_enqueues_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let enqueues: Vec<_> = (0..200)
-            .map(|n| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move { store.enqueue(&webhook("c1", n)).await })
-            })
-            .collect();
-        for enqueue in enqueues {
-            enqueue.await.unwrap().unwrap();
-        }
+        enqueue_at_once(&store, 200).await;
         assert_eq!(store.health().await.unwrap().queued, 200);
     }
 
