@@ -94,34 +94,90 @@ pub(super) enum Work {
     CaughtUp,
 }
 
-/// The calls with webhooks in the queue, and the last of them: a call's next webhooks are
-/// queued behind them until its lane has applied that one.
+/// The calls with webhooks in the queue: a call's next webhooks are queued behind them until
+/// its lane has applied the last one.
 #[derive(Default)]
-pub(super) struct Behind(Mutex<HashMap<CallKey, i64>>);
+pub(super) struct Behind(Mutex<HashMap<CallKey, Mark>>);
+
+/// Where a call's queued webhooks are.
+#[derive(Debug, Default)]
+struct Mark {
+    /// Its webhooks being queued, whose place is not known yet.
+    queueing: usize,
+    /// The place of the last one queued.
+    last: i64,
+    /// The place of the last one its lane applied (or set aside).
+    applied: i64,
+}
+
+impl Mark {
+    fn cleared(&self) -> bool {
+        self.queueing == 0 && self.applied >= self.last
+    }
+}
 
 impl Behind {
     fn holds(&self, call: &CallKey) -> bool {
         self.lock().contains_key(call)
     }
 
-    fn queued(&self, call: CallKey, seq: i64) {
-        let mut behind = self.lock();
-        let last = behind.entry(call).or_insert(seq);
-        *last = (*last).max(seq);
+    /// Queues the webhook behind its call's. The call is marked before the webhook is in the
+    /// queue, so the lane cannot apply the webhook before the mark is made, and a mark left
+    /// with nothing behind it is always cleared.
+    async fn queue(&self, store: &SqliteStore, webhook: &QueuedWebhook) -> anyhow::Result<()> {
+        let mut queueing = Queueing::new(self, webhook.call());
+        queueing.seq = Some(store.queue(webhook).await?);
+        Ok(())
     }
 
-    /// The lane applied (or set aside) a queued webhook of the call. The ingest may mark a
-    /// call behind only after its webhook was applied: the call's next webhook is then queued
-    /// for nothing, and clears the mark.
+    /// The lane applied (or set aside) a queued webhook of the call.
     fn applied(&self, call: &CallKey, seq: i64) {
-        let mut behind = self.lock();
-        if behind.get(call).is_some_and(|&last| seq >= last) {
-            behind.remove(call);
+        let mut marks = self.lock();
+        if let Some(mark) = marks.get_mut(call) {
+            mark.applied = mark.applied.max(seq);
+            if mark.cleared() {
+                marks.remove(call);
+            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallKey, i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallKey, Mark>> {
         self.0.lock().expect("behind lock")
+    }
+}
+
+/// A webhook being queued; when dropped, its place (if it was queued) is its call's last.
+/// Dropped also when the ingest's request is cut off half-way.
+struct Queueing<'a> {
+    behind: &'a Behind,
+    call: CallKey,
+    seq: Option<i64>,
+}
+
+impl<'a> Queueing<'a> {
+    fn new(behind: &'a Behind, call: CallKey) -> Self {
+        behind.lock().entry(call.clone()).or_default().queueing += 1;
+        Self {
+            behind,
+            call,
+            seq: None,
+        }
+    }
+}
+
+impl Drop for Queueing<'_> {
+    fn drop(&mut self) {
+        let mut marks = self.behind.lock();
+        let Some(mark) = marks.get_mut(&self.call) else {
+            return;
+        };
+        mark.queueing -= 1;
+        if let Some(seq) = self.seq {
+            mark.last = mark.last.max(seq);
+        }
+        if mark.cleared() {
+            marks.remove(&self.call);
+        }
     }
 }
 
@@ -159,9 +215,7 @@ impl Lanes {
         let call = webhook.call();
         let lane = self.of(Some(&call));
         if lane.capacity() < LANE_CAPACITY - MAX_WAITING_AHEAD {
-            let seq = store.queue(&webhook).await?;
-            self.behind.queued(call, seq);
-            return Ok(());
+            return self.behind.queue(store, &webhook).await;
         }
         let (accepted, outcome) = oneshot::channel();
         lane.send(Work::Accepted { webhook, accepted })
@@ -333,9 +387,7 @@ impl Worker {
                 }
             }
         }
-        let seq = self.store.queue(&webhook).await?;
-        behind.queued(call, seq);
-        Ok(())
+        behind.queue(&self.store, &webhook).await
     }
 
     /// Applies a webhook being accepted, its writes as one; `false` when it is to be queued
@@ -459,4 +511,44 @@ enum Processed {
     Done,
     /// It stays in the queue until the next start.
     Kept,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{CallEvent, Provider};
+    use crate::domain::time::Timestamp;
+
+    #[tokio::test]
+    async fn a_call_is_behind_while_its_queued_webhooks_wait_and_never_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let at = Timestamp::from_micros(1_700_000_000_000_000).unwrap();
+        let webhook = QueuedWebhook {
+            connection_id: "acme".into(),
+            received_at: at,
+            event: CallEvent::new(Provider::Telsmart, "c1", at, EventKind::Ringing),
+            raw: serde_json::json!({}),
+        };
+        let call = webhook.call();
+        let behind = Behind::default();
+
+        behind.queue(&store, &webhook).await.unwrap();
+        let seq = store.next_queued(0, 1).await.unwrap()[0].seq;
+        assert!(behind.holds(&call));
+        behind.applied(&call, seq);
+        assert!(!behind.holds(&call));
+
+        // Its lane applied it before the ingest heard where it was queued.
+        let mut queueing = Queueing::new(&behind, call.clone());
+        behind.applied(&call, seq + 1);
+        assert!(behind.holds(&call), "marked until the queueing ends");
+        queueing.seq = Some(seq + 1);
+        drop(queueing);
+        assert!(!behind.holds(&call), "nothing is left behind it");
+
+        // Not queued after all (the store failed, or the request was cut off).
+        drop(Queueing::new(&behind, call.clone()));
+        assert!(!behind.holds(&call));
+    }
 }
