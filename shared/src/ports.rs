@@ -59,10 +59,6 @@ impl MessageTooLarge {
 }
 
 impl QueuedWebhook {
-    /// The message as a queue carries it, checked against [`MAX_MESSAGE_BYTES`] before it is
-    /// sent, so a queue never refuses it for its size. U+FFFE and U+FFFF, which serde_json
-    /// writes as they are and SQS refuses (it takes only XML's characters), are written as
-    /// JSON escapes: they can only stand inside strings, and read back the same.
     /// Refuses the webhook whose message [`QueuedWebhook::to_message`] would refuse, without
     /// writing the message.
     pub fn check_message_size(&self) -> Result<(), MessageTooLarge> {
@@ -76,6 +72,10 @@ impl QueuedWebhook {
         Ok(())
     }
 
+    /// The message as a queue carries it, checked against [`MAX_MESSAGE_BYTES`] before it is
+    /// sent, so a queue never refuses it for its size. U+FFFE and U+FFFF, which serde_json
+    /// writes as they are and SQS refuses (it takes only XML's characters), are written as
+    /// JSON escapes: they can only stand inside strings, and read back the same.
     pub fn to_message(&self) -> Result<String, MessageTooLarge> {
         let json = serde_json::to_string(self).expect("a queued webhook serialises");
         let json = if json.contains(['\u{fffe}', '\u{ffff}']) {

@@ -2,8 +2,8 @@
 //!
 //! Ingest (the HTTP server) hands each webhook to [`LocalRuntime::queue`], which applies it
 //! as it is accepted, or queues it in the store (see `apply_lanes`). A worker task takes what
-//! is queued in queue order and applies each webhook with [`crate::engine::apply::apply`]; a delivery task
-//! delivers each call's outbox to the CRM with [`crate::engine::deliver::Deliverer`], waiting
+//! is queued in queue order and applies each webhook with [`crate::engine::apply::apply`]; a
+//! delivery task delivers each call's outbox to the CRM with [`crate::engine::deliver::Deliverer`], waiting
 //! on the retry schedule and the CRM destinations' breakers, and parking what cannot go through. Both are woken the
 //! moment there is work (an incoming-call popup is useless a second late) and also look at the
 //! store every [`Settings::poll_interval`], which is how they pick up what a previous run left
