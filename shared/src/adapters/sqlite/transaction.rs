@@ -4,10 +4,15 @@
 
 use super::SqliteStore;
 use crate::domain::record::{CallKey, CallRecord};
-use crate::ports::{CallStore, StoreError, Version};
+use crate::ports::{CallStore, MAX_CONFLICTS, StoreError, Version};
 use async_trait::async_trait;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+
+/// The writes [`Transaction::run`] makes, as a future borrowing the transaction.
+pub type BoxFuture<'t, T> = Pin<Box<dyn Future<Output = T> + Send + 't>>;
 
 pub struct Transaction<'a> {
     store: &'a SqliteStore,
@@ -24,16 +29,35 @@ struct Write {
 }
 
 impl<'a> Transaction<'a> {
-    pub fn new(store: &'a SqliteStore) -> Self {
+    fn new(store: &'a SqliteStore) -> Self {
         Self {
             store,
             writes: Mutex::default(),
         }
     }
 
+    /// Runs `writes` in a transaction and commits it. When a record changed since it was read
+    /// (another task wrote it: the local delivery task marks what the CRM took), nothing was
+    /// written, and `writes` runs again over the change, up to [`MAX_CONFLICTS`] times.
+    pub async fn run<T>(
+        store: &'a SqliteStore,
+        writes: impl for<'t> Fn(&'t Transaction<'a>) -> BoxFuture<'t, anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let mut conflicts = 0;
+        loop {
+            let transaction = Self::new(store);
+            let written = writes(&transaction).await?;
+            match transaction.commit().await {
+                Ok(()) => return Ok(written),
+                Err(StoreError::Conflict) if conflicts + 1 < MAX_CONFLICTS => conflicts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Writes every record saved, over the versions read; a conflict when any of them changed
     /// since, and then none is written.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    async fn commit(self) -> Result<(), StoreError> {
         let writes = self.writes.into_inner().expect("transaction lock");
         if writes.is_empty() {
             return Ok(());
@@ -151,5 +175,66 @@ mod tests {
             store.load(&key("changed")).await.unwrap(),
             Some((changed, 2))
         );
+    }
+
+    /// Reads the call through the transaction and adds `revision`; another writer adds one
+    /// to the stored record before the commit on the first `rival_writes` runs.
+    async fn add_revision_against_a_rival(
+        store: &SqliteStore,
+        rival_writes: usize,
+    ) -> (anyhow::Result<()>, usize) {
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let outcome = Transaction::run(store, |transaction| {
+            Box::pin(async {
+                let run = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (mut record, version) = transaction.load(&key("busy")).await?.unwrap();
+                record.revision += 1;
+                transaction.save(&record, Some(version)).await?;
+                if run < rival_writes {
+                    let (mut rival, version) = store.load(&key("busy")).await?.unwrap();
+                    rival.revision += 100;
+                    store.save(&rival, Some(version)).await?;
+                }
+                Ok(())
+            })
+        })
+        .await;
+        (outcome, runs.into_inner())
+    }
+
+    #[tokio::test]
+    async fn run_writes_again_over_what_a_rival_wrote_meanwhile() {
+        let (store, _dir) = store().await;
+        store
+            .save(&CallRecord::new(key("busy")), None)
+            .await
+            .unwrap();
+
+        let (outcome, runs) = add_revision_against_a_rival(&store, 2).await;
+        outcome.unwrap();
+        assert_eq!(runs, 3);
+        let (record, version) = store.load(&key("busy")).await.unwrap().unwrap();
+        // Both rival writes, then the transaction's own once over them.
+        assert_eq!(record.revision, 201);
+        assert_eq!(version, 4);
+    }
+
+    #[tokio::test]
+    async fn run_gives_up_on_a_call_that_keeps_changing() {
+        let (store, _dir) = store().await;
+        store
+            .save(&CallRecord::new(key("busy")), None)
+            .await
+            .unwrap();
+
+        let (outcome, runs) = add_revision_against_a_rival(&store, usize::MAX).await;
+        let error = outcome.unwrap_err();
+        assert!(matches!(
+            error.downcast_ref::<StoreError>(),
+            Some(StoreError::Conflict)
+        ));
+        assert_eq!(runs, MAX_CONFLICTS);
+        let (record, _) = store.load(&key("busy")).await.unwrap().unwrap();
+        assert_eq!(record.revision, 100 * MAX_CONFLICTS as u64);
     }
 }

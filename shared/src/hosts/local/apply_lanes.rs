@@ -404,9 +404,10 @@ impl Worker {
         if connection.contacts.lookup_url.is_some() {
             return Ok(false);
         }
-        let transaction = Transaction::new(&self.store);
-        let applied = apply(&transaction, &connection, &self.contacts, webhook).await?;
-        transaction.commit().await?;
+        let applied = Transaction::run(&self.store, |transaction| {
+            Box::pin(apply(transaction, &connection, &self.contacts, webhook))
+        })
+        .await?;
         self.telemetry.applied(webhook, &applied);
         for call in applied.to_deliver {
             // Fails only when the runtime is stopping; the store keeps the outbox.
