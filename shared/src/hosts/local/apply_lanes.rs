@@ -520,17 +520,77 @@ mod tests {
     use crate::domain::event::{CallEvent, Provider};
     use crate::domain::time::Timestamp;
 
-    #[tokio::test]
-    async fn a_call_is_behind_while_its_queued_webhooks_wait_and_never_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    fn ringing(call: &str) -> QueuedWebhook {
         let at = Timestamp::from_micros(1_700_000_000_000_000).unwrap();
-        let webhook = QueuedWebhook {
+        QueuedWebhook {
             connection_id: "acme".into(),
             received_at: at,
-            event: CallEvent::new(Provider::Telsmart, "c1", at, EventKind::Ringing),
+            event: CallEvent::new(Provider::Telsmart, call, at, EventKind::Ringing),
             raw: serde_json::json!({}),
+        }
+    }
+
+    async fn store() -> (Arc<SqliteStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        (Arc::new(store), dir)
+    }
+
+    #[tokio::test]
+    async fn a_webhook_is_queued_rather_than_wait_behind_its_lanes_backlog() {
+        let (store, _dir) = store().await;
+        let (lanes, mut lane_work) = Lanes::new();
+        let call = ringing("c1").call();
+        let lane = (0..LANES)
+            .find(|&lane| std::ptr::eq(&lanes.entrances[lane], lanes.of(Some(&call))))
+            .unwrap();
+        let mut work = lane_work.swap_remove(lane);
+        let wait_in_lane = async |waiting: usize| {
+            for _ in 0..waiting {
+                lanes.entrances[lane].send(Work::CaughtUp).await.unwrap();
+            }
         };
+
+        // As many waiting as the ingest waits behind: the webhook joins them.
+        wait_in_lane(MAX_WAITING_AHEAD).await;
+        let mut accepting = std::pin::pin!(lanes.accept(&store, ringing("c1")));
+        tokio::select! {
+            biased;
+            _ = &mut accepting => panic!("answered before its lane took it"),
+            () = std::future::ready(()) => {}
+        }
+        for _ in 0..MAX_WAITING_AHEAD {
+            assert!(matches!(work.try_recv(), Ok(Work::CaughtUp)));
+        }
+        let Ok(Work::Accepted { webhook, accepted }) = work.try_recv() else {
+            panic!("the webhook is handed to its lane");
+        };
+        assert_eq!(webhook, ringing("c1"));
+        accepted.send(Ok(())).unwrap();
+        accepting.await.unwrap();
+        assert!(store.next_queued(0, 10).await.unwrap().is_empty());
+
+        // One more: it is queued, its call behind it, and the lane never sees it.
+        wait_in_lane(MAX_WAITING_AHEAD + 1).await;
+        let queueing = lanes.accept(&store, ringing("c1"));
+        tokio::time::timeout(Duration::from_secs(10), queueing)
+            .await
+            .expect("queued rather than waiting for the lane")
+            .unwrap();
+        let queued = store.next_queued(0, 10).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].webhook.as_ref().unwrap(), &ringing("c1"));
+        assert!(lanes.behind.holds(&call));
+        for _ in 0..=MAX_WAITING_AHEAD {
+            assert!(matches!(work.try_recv(), Ok(Work::CaughtUp)));
+        }
+        assert!(work.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_call_is_behind_while_its_queued_webhooks_wait_and_never_after() {
+        let (store, _dir) = store().await;
+        let webhook = ringing("c1");
         let call = webhook.call();
         let behind = Behind::default();
 
