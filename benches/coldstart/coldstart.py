@@ -17,7 +17,9 @@ script. The peak RSS is then read at the next `GET .../next`, after the invocati
 
     coldstart.py --runs 30 [--endpoint URL --resources FILE] NAME=BINARY ...
 
-The first NAME is the yardstick (hello). Prints a Markdown table and writes --json if asked.
+The first NAME is the yardstick (hello). A NAME may carry a label after `@` to compare builds
+of one function in the same run (`worker@before=... worker@after=...`). Prints a Markdown
+table and writes --json if asked.
 Loopback only; every process it starts is killed before it exits.
 """
 
@@ -330,7 +332,8 @@ class Emulated:
 
 
 def function_of(name):
-    """(template logical id, provider or None) of a binary's name."""
+    """(template logical id, provider or None) of a binary's name (its label left out)."""
+    name = name.split("@", 1)[0]
     if name.startswith("ingest-"):
         provider = name.removeprefix("ingest-")
         return "Ingest" + provider.capitalize() + "Function", provider
@@ -418,7 +421,7 @@ def one_run(server, api, name, binary, memory_mb, settings, endpoint, events, ex
     for answer in run.answers:
         if name.startswith("ingest-") and '"statusCode":202' not in answer.replace(" ", ""):
             raise RuntimeError(f"{name}: the webhook was not accepted: {answer}\n{output[-3000:]}")
-        if name == "worker" and "batchItemFailures" in answer and '"itemIdentifier"' in answer:
+        if name.startswith("worker") and "batchItemFailures" in answer and '"itemIdentifier"' in answer:
             raise RuntimeError(f"{name}: the batch failed: {answer}\n{output[-3000:]}")
     return {
         "init_ms": (run.first_next - started) * 1000,
@@ -461,12 +464,12 @@ def main():
     for round_ in range(args.runs):
         for name, binary in binaries:
             logical_id, provider = function_of(name)
-            memory_mb = 256 if name == "worker" else 128
+            memory_mb = 256 if logical_id == "WorkerFunction" else 128
             events = []
             if emulated and logical_id:
                 settings = dict(emulated.settings(logical_id))
                 settings["RUST_LOG"] = "info"
-                if name == "worker":
+                if logical_id == "WorkerFunction":
                     settings["CRM_URL"] = crm_url
                     events = [emulated.sqs_event]
                 else:
