@@ -177,12 +177,17 @@ mod tests {
         );
     }
 
-    /// Reads the call through the transaction and adds `revision`; another writer adds one
-    /// to the stored record before the commit on the first `rival_writes` runs.
+    /// Stores a call, then adds one to its revision through [`Transaction::run`], while
+    /// another writer adds 100 to the stored record before the commit of each of the first
+    /// `rival_writes` runs. The outcome, and how many runs it took.
     async fn add_revision_against_a_rival(
         store: &SqliteStore,
         rival_writes: usize,
     ) -> (anyhow::Result<()>, usize) {
+        store
+            .save(&CallRecord::new(key("busy")), None)
+            .await
+            .unwrap();
         let runs = std::sync::atomic::AtomicUsize::new(0);
         let outcome = Transaction::run(store, |transaction| {
             Box::pin(async {
@@ -205,11 +210,6 @@ mod tests {
     #[tokio::test]
     async fn run_writes_again_over_what_a_rival_wrote_meanwhile() {
         let (store, _dir) = store().await;
-        store
-            .save(&CallRecord::new(key("busy")), None)
-            .await
-            .unwrap();
-
         let (outcome, runs) = add_revision_against_a_rival(&store, 2).await;
         outcome.unwrap();
         assert_eq!(runs, 3);
@@ -222,11 +222,6 @@ mod tests {
     #[tokio::test]
     async fn run_gives_up_on_a_call_that_keeps_changing() {
         let (store, _dir) = store().await;
-        store
-            .save(&CallRecord::new(key("busy")), None)
-            .await
-            .unwrap();
-
         let (outcome, runs) = add_revision_against_a_rival(&store, usize::MAX).await;
         let error = outcome.unwrap_err();
         assert!(matches!(
